@@ -1,0 +1,42 @@
+"""Config set-up shared by train_net.py, the demo and the benchmarks."""
+
+from detectron2.config import get_cfg
+from detectron2.engine import default_setup
+
+from ..config import add_dataseg_config, check_dataseg_config, merge_dataseg_config_file
+
+__all__ = ["get_dataseg_cfg", "setup"]
+
+
+def get_dataseg_cfg(config_file: str = "", opts=(), check: bool = True):
+    """A detectron2 config with DaTaSeg keys, a yaml file and ``KEY VALUE`` overrides merged.
+
+    Args:
+        config_file: yaml path ("" keeps the defaults).
+        opts: flat ``[KEY, VALUE, ...]`` list, as given on the command line.
+        check: run :func:`check_dataseg_config` (refuses non-DaTaSeg configs).
+    """
+    cfg = add_dataseg_config(get_cfg())
+    if config_file:
+        merge_dataseg_config_file(cfg, config_file)
+    cfg.merge_from_list(list(opts))
+    if check:
+        check_dataseg_config(cfg)
+    return cfg
+
+
+def setup(args):
+    """Build, freeze and log the config of a ``default_argument_parser`` run."""
+    cfg = get_dataseg_cfg(args.config_file, args.opts)
+    if cfg.MODEL.DEVICE == "cuda" and not _cuda_available():
+        # Users without a GPU should not need to know detectron2's default is "cuda".
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
