@@ -136,6 +136,11 @@ def add_dataseg_config(cfg):
     D.TEST.OVERLAP_THRESHOLD = 0.8
     D.TEST.INSTANCES_PER_IMAGE = 100
 
+    # Prediction drawings written after training for this many images of every test dataset
+    # (OUTPUT_DIR/visualizations/<dataset>/); 0 = none.
+    _C.TEST.DATASEG = CN()
+    _C.TEST.DATASEG.NUM_VISUALIZATIONS = 0
+
     # ---- data -----------------------------------------------------------------------------
     _C.DATALOADER.DATASEG = CN()
     # Probability of drawing each dataset per iteration, aligned with DATASETS.TRAIN.

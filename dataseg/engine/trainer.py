@@ -13,6 +13,7 @@ from ..data import build_dataseg_test_loader, build_dataseg_train_loader
 from ..evaluation import build_dataseg_evaluator
 from .optimizer import build_dataseg_optimizer
 from .results_table import format_results_table
+from .visualization_hook import PredictionVisualizationHook
 
 __all__ = ["DaTaSegTrainer", "create_ddp_model"]
 
@@ -73,6 +74,13 @@ class DaTaSegTrainer(DefaultTrainer):
             # multi-dataset stream is a function of the iteration, so rebuild it from there.
             self._trainer.data_loader = self.build_train_loader(self.cfg, self.start_iter)
             self._trainer._data_loader_iter_obj = None
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        # Before the last hook (the metrics writer) so its log lines are flushed with the rest.
+        hooks.insert(len(hooks) - 1, PredictionVisualizationHook(
+            self.cfg, self.build_test_loader, self.cfg.TEST.DATASEG.NUM_VISUALIZATIONS))
+        return hooks
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):

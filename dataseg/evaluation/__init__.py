@@ -1,1 +1,7 @@
+"""Per-dataset evaluator wiring (metadata-driven)."""
 
+from .build import EVALUATOR_REGISTRY, build_dataseg_evaluator, register_evaluator
+from .coco import DaTaSegCOCOEvaluator
+
+__all__ = ["EVALUATOR_REGISTRY", "build_dataseg_evaluator", "register_evaluator",
+           "DaTaSegCOCOEvaluator"]

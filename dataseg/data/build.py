@@ -1,0 +1,191 @@
+"""Train and test data loaders for DaTaSeg.
+
+The train loader yields one batch (list of mapped dicts, all from ONE dataset) per iteration,
+following :class:`~dataseg.data.sampler.MultiDatasetSchedule`. Workers split iterations
+round-robin (worker ``w`` of ``W`` maps iterations ``start + w, start + w + W, ...``), which is
+exactly the order in which a torch ``DataLoader`` collects their outputs, so the loader yields
+batches in iteration order with no sample produced twice. Augmentation randomness is re-seeded
+from ``(seed, iteration, rank)`` so a resumed run sees the same stream.
+"""
+
+import logging
+from typing import List, Optional, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from detectron2.data import DatasetCatalog, build_detection_test_loader
+from detectron2.data.build import filter_images_with_only_crowd_annotations
+from detectron2.data.common import DatasetFromList
+from detectron2.utils import comm
+
+from .mappers import build_dataseg_mapper, get_mapper_class
+from .sampler import MultiDatasetSchedule, sampling_ratios_from_sizes
+
+__all__ = [
+    "MultiDatasetBatchStream",
+    "build_dataseg_train_loader",
+    "build_dataseg_test_loader",
+    "build_train_schedule",
+    "resolve_sampling_ratios",
+    "resolve_batch_sizes",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _identity(batch):
+    return batch
+
+
+def resolve_sampling_ratios(cfg, sizes: Sequence[int]) -> List[float]:
+    """``DATALOADER.DATASEG.SAMPLING_RATIOS`` or ``p_i ∝ size_i ** SIZE_EXPONENT``."""
+    ratios = list(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS)
+    if not ratios:
+        return sampling_ratios_from_sizes(sizes, cfg.DATALOADER.DATASEG.SIZE_EXPONENT)
+    if len(ratios) != len(sizes):
+        raise ValueError(
+            f"DATALOADER.DATASEG.SAMPLING_RATIOS has {len(ratios)} entries but DATASETS.TRAIN "
+            f"has {len(sizes)}; give one ratio per training dataset or leave it empty."
+        )
+    total = float(sum(ratios))
+    return [r / total for r in ratios]
+
+
+def resolve_batch_sizes(cfg, num_datasets: int) -> List[int]:
+    """Total (all ranks) batch size per dataset: ``BATCH_SIZES`` or ``SOLVER.IMS_PER_BATCH``."""
+    sizes = list(cfg.DATALOADER.DATASEG.BATCH_SIZES)
+    if not sizes:
+        return [int(cfg.SOLVER.IMS_PER_BATCH)] * num_datasets
+    if len(sizes) != num_datasets:
+        raise ValueError(
+            f"DATALOADER.DATASEG.BATCH_SIZES has {len(sizes)} entries but DATASETS.TRAIN has "
+            f"{num_datasets}; give one total batch size per training dataset or leave it empty."
+        )
+    return [int(s) for s in sizes]
+
+
+def _load_train_dicts(cfg, name: str):
+    dicts = DatasetCatalog.get(name)
+    if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS and get_mapper_class(name).filter_empty_annotations:
+        dicts = filter_images_with_only_crowd_annotations(dicts)
+    if not dicts:
+        raise ValueError(f"Training dataset {name!r} has no usable images.")
+    return dicts
+
+
+def build_train_schedule(cfg, sizes: Sequence[int], world_size: Optional[int] = None,
+                         seed: Optional[int] = None) -> MultiDatasetSchedule:
+    """The schedule the train loader follows (identical on every rank)."""
+    world_size = comm.get_world_size() if world_size is None else world_size
+    if seed is None:
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    return MultiDatasetSchedule(
+        sizes, resolve_sampling_ratios(cfg, sizes), resolve_batch_sizes(cfg, len(sizes)),
+        world_size=world_size, seed=seed,
+    )
+
+
+class MultiDatasetBatchStream(IterableDataset):
+    """Endless stream of mapped batches of one rank, in iteration order.
+
+    Args:
+        datasets: per dataset, an indexable list of dataset dicts.
+        mappers: per dataset, the callable mapping a dict to model input.
+        schedule: the shared :class:`MultiDatasetSchedule`.
+        rank: this process's rank.
+        start_iter: first iteration to produce (resume point).
+        max_skipped_images: unreadable images tolerated (replaced) before failing.
+    """
+
+    def __init__(self, datasets: Sequence, mappers: Sequence, schedule: MultiDatasetSchedule,
+                 rank: int = 0, start_iter: int = 0, max_skipped_images: int = 100):
+        self.datasets = list(datasets)
+        self.mappers = list(mappers)
+        self.schedule = schedule
+        self.rank = rank
+        self.start_iter = int(start_iter)
+        self.max_skipped_images = max_skipped_images
+
+    def _map(self, dataset: int, index: int, iteration: int, state: dict):
+        attempt = 0
+        while True:
+            try:
+                return self.mappers[dataset](self.datasets[dataset][index])
+            except OSError as e:  # unreadable/corrupt file (PIL and cv2 raise OSError)
+                state["skipped"] += 1
+                if state["skipped"] > self.max_skipped_images:
+                    raise RuntimeError(
+                        f"More than {self.max_skipped_images} unreadable training images "
+                        "(INPUT.DATASEG.MAX_SKIPPED_IMAGES); last error above."
+                    ) from e
+                logger.warning(f"Skipping unreadable image ({e}); using another one.")
+                attempt += 1
+                rng = np.random.default_rng([self.schedule.seed, iteration, self.rank, attempt])
+                index = int(rng.integers(len(self.datasets[dataset])))
+
+    def batch(self, iteration: int) -> List[dict]:
+        """The mapped batch of this rank at ``iteration`` (deterministic)."""
+        dataset, indices = self.schedule(iteration, self.rank)
+        seed_state = np.random.SeedSequence([self.schedule.seed, iteration, self.rank])
+        state = getattr(self, "_skip_state", None) or {"skipped": 0}
+        self._skip_state = state
+        # detectron2 augmentations draw from numpy's global generator: seed it per iteration
+        # (resumable, identical for any worker count) and leave the caller's state untouched.
+        saved = np.random.get_state()
+        np.random.seed(seed_state.generate_state(1)[0])
+        try:
+            return [self._map(dataset, i, iteration, state) for i in indices]
+        finally:
+            np.random.set_state(saved)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        iteration = self.start_iter + worker_id
+        while True:
+            yield self.batch(iteration)
+            iteration += num_workers
+
+
+def build_dataseg_train_loader(cfg, start_iter: int = 0, mappers: Optional[Sequence] = None):
+    """Build the multi-dataset train loader (one dataset per iteration).
+
+    Args:
+        cfg: config with DATASETS.TRAIN and the DATALOADER.DATASEG/INPUT.DATASEG keys.
+        start_iter: first iteration of the stream; pass the trainer's resume iteration so a
+            resumed run continues the same stream.
+        mappers: optional per-dataset mappers (default: the registered task mapper of each).
+
+    Returns:
+        an endless ``torch.utils.data.DataLoader`` yielding ``list[dict]`` batches of this
+        rank; ``loader.dataset.schedule`` is the shared schedule.
+    """
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise ValueError("DATASETS.TRAIN is empty.")
+    datasets = [DatasetFromList(_load_train_dicts(cfg, n), copy=False) for n in names]
+    if mappers is None:
+        mappers = [build_dataseg_mapper(cfg, n, is_train=True) for n in names]
+    schedule = build_train_schedule(cfg, [len(d) for d in datasets])
+    logger.info("DaTaSeg multi-dataset schedule: " + schedule.describe(names))
+    stream = MultiDatasetBatchStream(
+        datasets, mappers, schedule, rank=comm.get_rank(), start_iter=start_iter,
+        max_skipped_images=cfg.INPUT.DATASEG.MAX_SKIPPED_IMAGES,
+    )
+    num_workers = int(cfg.DATALOADER.NUM_WORKERS)
+    return DataLoader(
+        stream, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def build_dataseg_test_loader(cfg, dataset_name: str, mapper=None, batch_size: int = 1):
+    """detectron2's test loader over ``dataset_name`` with its task's test mapper."""
+    if mapper is None:
+        mapper = build_dataseg_mapper(cfg, dataset_name, is_train=False)
+    return build_detection_test_loader(
+        DatasetCatalog.get(dataset_name), mapper=mapper,
+        num_workers=int(cfg.DATALOADER.NUM_WORKERS), batch_size=batch_size,
+    )
+

@@ -1,0 +1,495 @@
+"""Registering datasets with the metadata DaTaSeg needs (docs/interfaces.md).
+
+Four helpers, one per kind of annotation on disk, fill detectron2's ``DatasetCatalog`` with a
+lazy loader and ``MetadataCatalog`` with both DaTaSeg's keys (``dataseg_task``,
+``dataseg_classes``, ``dataseg_isthing``, ``dataseg_test_outputs``) and detectron2's usual keys,
+so that detectron2's own evaluators work unchanged.
+
+Registration never touches the disk beyond optional reads of small category lists: datasets
+that are not downloaded can be registered at import time. Files are checked when the dataset
+is loaded, and every failure names the path that was expected.
+"""
+
+import json
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import load_coco_json, load_sem_seg
+from detectron2.utils.file_io import PathManager
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TASKS",
+    "DEFAULT_TEST_OUTPUTS",
+    "DatasetValidationError",
+    "check_semantic_labels",
+    "check_task",
+    "get_dataset_task",
+    "class_names_to_vocabulary",
+    "register_panoptic_dataset",
+    "register_semantic_dataset",
+    "register_instance_dataset",
+    "register_box_dataset",
+]
+
+TASKS = ("panoptic", "semantic", "instance", "box")
+
+# What the model must produce to evaluate a dataset of each kind, unless registration says
+# otherwise (a box dataset with held-out masks is evaluated on instance masks, for example).
+DEFAULT_TEST_OUTPUTS = {
+    "panoptic": ("panoptic_seg",),
+    "semantic": ("sem_seg",),
+    "instance": ("instances",),
+    "box": ("instances",),
+}
+
+# Header reads are cheap, full label reads are not: validate sizes/ids on a sample at load
+# time; the mappers re-check every image they read.
+_NUM_VALIDATED_FILES = 8
+
+
+class DatasetValidationError(ValueError):
+    """A registered dataset's files are missing or inconsistent with its registration."""
+
+
+def check_task(task: str) -> str:
+    """Return ``task`` if it is one of :data:`TASKS`, else raise a ValueError listing them."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown DaTaSeg task {task!r}; valid tasks are {list(TASKS)}.")
+    return task
+
+
+def get_dataset_task(dataset_name: str) -> str:
+    """The training task of a registered dataset, from its ``dataseg_task`` metadata."""
+    meta = MetadataCatalog.get(dataset_name)
+    task = meta.get("dataseg_task", None)
+    if task is None:
+        raise KeyError(
+            f"Dataset {dataset_name!r} has no 'dataseg_task' metadata. Register it with one of "
+            "dataseg.data.register_{panoptic,semantic,instance,box}_dataset, or set "
+            f"MetadataCatalog.get({dataset_name!r}).dataseg_task to one of {list(TASKS)}."
+        )
+    return check_task(task)
+
+
+def class_names_to_vocabulary(names: Sequence[str]) -> List[str]:
+    """Normalise class names into DaTaSeg's vocabulary format.
+
+    Objects365-style "a/b" alternatives become the "a, b" synonym form the text classifier
+    understands; stray whitespace (ADE's "window ") is dropped.
+    """
+    vocab = []
+    for name in names:
+        parts = [p.strip() for p in name.replace("/", ",").split(",")]
+        vocab.append(", ".join(p for p in parts if p))
+    return vocab
+
+
+def _hint(metadata: Dict) -> str:
+    hint = metadata.get("dataseg_missing_hint", "")
+    return f" {hint}" if hint else ""
+
+
+def _require_path(path: str, what: str, dataset_name: str, hint: str = "", is_dir=True):
+    exists = PathManager.isdir(path) if is_dir else PathManager.isfile(path)
+    if not exists:
+        kind = "folder" if is_dir else "file"
+        raise FileNotFoundError(
+            f"Dataset {dataset_name!r}: {what} {kind} not found at expected path {path!r}.{hint}"
+        )
+
+
+def _set_metadata(name: str, **kwargs):
+    # Metadata refuses re-setting a key to another value; re-registration (tests, notebooks)
+    # should replace the entry instead.
+    MetadataCatalog.get(name).set(**kwargs)
+
+
+def _register(name: str, loader, metadata: Dict, replace: bool):
+    if replace:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, loader)
+    _set_metadata(name, **metadata)
+
+
+def _common_metadata(task, class_names, isthing, test_outputs, evaluator_type, extra):
+    check_task(task)
+    if isthing is None:
+        isthing = [task != "semantic"] * len(class_names)
+    if len(isthing) != len(class_names):
+        raise ValueError(
+            f"isthing has {len(isthing)} entries but there are {len(class_names)} classes."
+        )
+    test_outputs = tuple(test_outputs or DEFAULT_TEST_OUTPUTS[task])
+    bad = set(test_outputs) - {"sem_seg", "panoptic_seg", "instances"}
+    if bad:
+        raise ValueError(f"Unknown test outputs {sorted(bad)}; use sem_seg/panoptic_seg/instances.")
+    meta = dict(
+        dataseg_task=task,
+        dataseg_classes=class_names_to_vocabulary(class_names),
+        dataseg_isthing=[bool(x) for x in isthing],
+        dataseg_test_outputs=test_outputs,
+        evaluator_type=evaluator_type,
+    )
+    meta.update(extra or {})
+    return meta
+
+
+def _check_same_size(image_file: str, label_file: str, dataset_name: str):
+    with Image.open(image_file) as im, Image.open(label_file) as lab:
+        if im.size != lab.size:
+            raise DatasetValidationError(
+                f"Dataset {dataset_name!r}: image {image_file!r} is {im.size[0]}x{im.size[1]} "
+                f"but its annotation {label_file!r} is {lab.size[0]}x{lab.size[1]} (WxH); "
+                "masks and images must have the same size."
+            )
+
+
+# ----------------------------------------------------------------------------- panoptic
+def _panoptic_category_metadata(categories: Sequence[Dict]) -> Dict:
+    """detectron2's "semantic view" of a panoptic label set: all C names in stuff_classes."""
+    names = [c["name"] for c in categories]
+    isthing = [bool(c.get("isthing", 0)) for c in categories]
+    meta = dict(
+        stuff_classes=names,
+        thing_classes=names,
+        # Both maps point into the same 0..C-1 space, so a contiguous id means the same class
+        # for semantic and panoptic outputs.
+        thing_dataset_id_to_contiguous_id={
+            c["id"]: i for i, c in enumerate(categories) if isthing[i]
+        },
+        stuff_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(categories)},
+    )
+    colors = [c.get("color") for c in categories]
+    if all(col is not None for col in colors):
+        meta["stuff_colors"] = [list(c) for c in colors]
+        meta["thing_colors"] = [list(c) for c in colors]
+    return meta, names, isthing
+
+
+def _load_panoptic(name, image_root, panoptic_root, panoptic_json, image_ext, test_outputs):
+    meta = MetadataCatalog.get(name)
+    hint = _hint(meta.as_dict())
+    _require_path(panoptic_json, "panoptic json", name, hint, is_dir=False)
+    _require_path(image_root, "image", name, hint)
+    _require_path(panoptic_root, "panoptic PNG", name, hint)
+    with PathManager.open(panoptic_json) as f:
+        info = json.load(f)
+    if not meta.get("dataseg_classes", None):
+        # Deferred category metadata (registration happened before the json existed).
+        cat_meta, names, isthing = _panoptic_category_metadata(info["categories"])
+        common = _common_metadata("panoptic", names, isthing, test_outputs, meta.evaluator_type,
+                                  {})
+        _set_metadata(name, **cat_meta, **common)
+    thing_map = meta.thing_dataset_id_to_contiguous_id
+    stuff_map = meta.stuff_dataset_id_to_contiguous_id
+    id_to_image = {img["id"]: img for img in info.get("images", [])}
+    dicts = []
+    for ann in info.get("annotations", []):
+        stem = os.path.splitext(ann["file_name"])[0]
+        img = id_to_image.get(ann["image_id"], {})
+        image_file = img.get("file_name", stem + "." + image_ext)
+        segments = []
+        for seg in ann["segments_info"]:
+            cat = seg["category_id"]
+            if cat not in stuff_map and cat not in thing_map:
+                raise DatasetValidationError(
+                    f"Dataset {name!r}: segment {seg['id']} of {ann['file_name']!r} has "
+                    f"category_id {cat}, which is not among the registered categories "
+                    f"{sorted(stuff_map)}."
+                )
+            seg = dict(seg)
+            seg["isthing"] = cat in thing_map
+            seg["category_id"] = thing_map[cat] if seg["isthing"] else stuff_map[cat]
+            segments.append(seg)
+        record = {
+            "file_name": os.path.join(image_root, image_file),
+            "image_id": ann["image_id"],
+            "pan_seg_file_name": os.path.join(panoptic_root, ann["file_name"]),
+            "segments_info": segments,
+        }
+        if "height" in img and "width" in img:
+            record["height"], record["width"] = img["height"], img["width"]
+        dicts.append(record)
+    if not dicts:
+        raise DatasetValidationError(
+            f"Dataset {name!r}: {panoptic_json!r} holds no annotations (empty dataset)."
+        )
+    for record in dicts[:_NUM_VALIDATED_FILES]:
+        _require_path(record["file_name"], "image", name, hint, is_dir=False)
+        _require_path(record["pan_seg_file_name"], "panoptic PNG", name, hint, is_dir=False)
+        _check_same_size(record["file_name"], record["pan_seg_file_name"], name)
+    return dicts
+
+
+def register_panoptic_dataset(
+    name: str,
+    image_root: str,
+    panoptic_root: str,
+    panoptic_json: str,
+    *,
+    categories: Optional[Sequence[Dict]] = None,
+    test_outputs: Optional[Sequence[str]] = None,
+    image_ext: str = "jpg",
+    evaluator_type: str = "coco_panoptic_seg",
+    replace: bool = False,
+    **extra_metadata,
+):
+    """Register a COCO-panoptic-format dataset (json + PNGs) as a DaTaSeg panoptic dataset.
+
+    Args:
+        name: dataset name for ``DatasetCatalog``/``MetadataCatalog``.
+        image_root: folder of the images (``file_name`` of the json's ``images``, or the PNG
+            name with ``image_ext``).
+        panoptic_root: folder of the panoptic PNGs (RGB-encoded segment ids).
+        panoptic_json: COCO panoptic json.
+        categories: COCO panoptic categories (dicts with ``id``, ``name``, ``isthing``,
+            optional ``color``), in contiguous-id order. ``None`` reads them from
+            ``panoptic_json`` now if it exists, else when the dataset is first loaded.
+        test_outputs: model outputs needed to evaluate it (default ``("panoptic_seg",)``).
+        image_ext: image extension when the json has no ``images`` list.
+        evaluator_type: key of ``dataseg.evaluation``'s evaluator registry.
+        replace: replace an existing registration of ``name``.
+        **extra_metadata: more metadata (e.g. ``dataseg_missing_hint``, a message appended
+            to missing-file errors).
+    """
+    if categories is None and PathManager.isfile(panoptic_json):
+        with PathManager.open(panoptic_json) as f:
+            categories = json.load(f)["categories"]
+    meta = dict(
+        image_root=image_root,
+        panoptic_root=panoptic_root,
+        panoptic_json=panoptic_json,
+        ignore_label=255,
+        label_divisor=1000,
+        evaluator_type=evaluator_type,
+        **extra_metadata,
+    )
+    if categories is not None:
+        cat_meta, names, isthing = _panoptic_category_metadata(categories)
+        meta.update(cat_meta)
+        meta.update(
+            _common_metadata("panoptic", names, isthing, test_outputs, evaluator_type, {})
+        )
+    _register(
+        name,
+        lambda: _load_panoptic(name, image_root, panoptic_root, panoptic_json, image_ext,
+                               test_outputs),
+        meta,
+        replace,
+    )
+
+
+# ----------------------------------------------------------------------------- semantic
+def _load_semantic(name, image_root, sem_seg_root, image_ext, gt_ext):
+    meta = MetadataCatalog.get(name)
+    hint = _hint(meta.as_dict())
+    _require_path(image_root, "image", name, hint)
+    _require_path(sem_seg_root, "semantic label", name, hint)
+    if not any(f.endswith(gt_ext) for f in PathManager.ls(sem_seg_root)):
+        raise DatasetValidationError(
+            f"Dataset {name!r}: no *.{gt_ext} label maps in {sem_seg_root!r} (empty dataset).{hint}"
+        )
+    dicts = load_sem_seg(sem_seg_root, image_root, gt_ext=gt_ext, image_ext=image_ext)
+    if not dicts:
+        raise DatasetValidationError(
+            f"Dataset {name!r}: no image in {image_root!r} matches a label map in "
+            f"{sem_seg_root!r} (empty dataset)."
+        )
+    num_classes, ignore = len(meta.stuff_classes), meta.ignore_label
+    for record in dicts[:_NUM_VALIDATED_FILES]:
+        _check_same_size(record["file_name"], record["sem_seg_file_name"], name)
+        with Image.open(record["sem_seg_file_name"]) as lab:
+            check_semantic_labels(np.asarray(lab), num_classes, ignore,
+                                  record["sem_seg_file_name"], name)
+    return dicts
+
+
+def check_semantic_labels(labels: np.ndarray, num_classes: int, ignore_label: int,
+                          file_name: str, dataset_name: str):
+    """Raise if a label map holds ids outside ``0..num_classes-1`` and the ignore label."""
+    values = np.unique(labels)
+    bad = values[(values >= num_classes) & (values != ignore_label)]
+    if bad.size:
+        raise DatasetValidationError(
+            f"Dataset {dataset_name!r}: label map {file_name!r} holds class ids "
+            f"{bad.tolist()[:10]} outside the {num_classes} registered classes "
+            f"(0..{num_classes - 1}, ignore={ignore_label})."
+        )
+
+
+def register_semantic_dataset(
+    name: str,
+    image_root: str,
+    sem_seg_root: str,
+    class_names: Sequence[str],
+    ignore_label: int = 255,
+    *,
+    isthing: Optional[Sequence[bool]] = None,
+    test_outputs: Optional[Sequence[str]] = None,
+    image_ext: str = "jpg",
+    gt_ext: str = "png",
+    evaluator_type: str = "sem_seg",
+    replace: bool = False,
+    **extra_metadata,
+):
+    """Register a semantic segmentation dataset (images + single-channel label PNGs).
+
+    Label maps hold contiguous ids ``0..len(class_names)-1`` and ``ignore_label`` (detectron2's
+    convention, e.g. ADE20k's ``annotations_detectron2``); images and labels are matched by
+    their path relative to ``image_root``/``sem_seg_root`` without extension.
+
+    Args:
+        name: dataset name.
+        image_root: images folder.
+        sem_seg_root: label maps folder.
+        class_names: vocabulary in id order; ``"a, b"`` entries are synonyms.
+        ignore_label: label id that is not evaluated nor trained on.
+        isthing: optional thing/stuff flags (default all stuff); only informative here.
+        test_outputs: outputs needed to evaluate it (default ``("sem_seg",)``).
+        image_ext, gt_ext: file extensions.
+        evaluator_type: evaluator registry key.
+        replace: replace an existing registration.
+        **extra_metadata: more metadata.
+    """
+    meta = dict(
+        stuff_classes=[n.strip() for n in class_names],
+        image_root=image_root,
+        sem_seg_root=sem_seg_root,
+        ignore_label=ignore_label,
+        **_common_metadata(
+            "semantic", list(class_names), isthing, test_outputs, evaluator_type, extra_metadata
+        ),
+    )
+    _register(
+        name, lambda: _load_semantic(name, image_root, sem_seg_root, image_ext, gt_ext), meta,
+        replace,
+    )
+
+
+# ----------------------------------------------------------------------------- COCO json
+def _coco_category_metadata(categories: Sequence[Dict]) -> Dict:
+    cats = sorted(categories, key=lambda c: c["id"])
+    names = [c["name"] for c in cats]
+    return names, dict(
+        thing_classes=names,
+        thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(cats)},
+    )
+
+
+def _read_coco_categories(json_file: str):
+    with PathManager.open(json_file) as f:
+        return json.load(f)["categories"]
+
+
+def _load_coco(name, json_file, image_root, task, keep_masks):
+    meta = MetadataCatalog.get(name)
+    hint = _hint(meta.as_dict())
+    _require_path(json_file, "COCO json", name, hint, is_dir=False)
+    _require_path(image_root, "image", name, hint)
+    if not meta.get("dataseg_classes", None):
+        names, cat_meta = _coco_category_metadata(_read_coco_categories(json_file))
+        _set_metadata(name, **cat_meta, **_common_metadata(task, names, None, None, "coco", {}))
+    # dataset_name=None: ids are mapped below, with a clear error for unknown ids, instead of
+    # letting load_coco_json rewrite (and possibly contradict) the registered metadata.
+    dicts = load_coco_json(json_file, image_root, dataset_name=None)
+    id_map = meta.thing_dataset_id_to_contiguous_id
+    for record in dicts:
+        for obj in record.get("annotations", []):
+            cat = obj["category_id"]
+            if cat not in id_map:
+                raise DatasetValidationError(
+                    f"Dataset {name!r}: an annotation of {record['file_name']!r} has category_id "
+                    f"{cat}, not among the {len(id_map)} registered categories of {json_file!r}."
+                )
+            obj["category_id"] = id_map[cat]
+            if not keep_masks:
+                obj.pop("segmentation", None)
+    if not dicts:
+        raise DatasetValidationError(f"Dataset {name!r}: {json_file!r} has no images.")
+    for record in dicts[:_NUM_VALIDATED_FILES]:
+        _require_path(record["file_name"], "image", name, hint, is_dir=False)
+    return dicts
+
+
+def _register_coco(name, json_file, image_root, task, class_names, test_outputs,
+                   eval_tasks, keep_masks, replace, extra_metadata):
+    if class_names is None and PathManager.isfile(json_file):
+        class_names, _ = _coco_category_metadata(_read_coco_categories(json_file))
+    meta = dict(json_file=json_file, image_root=image_root, evaluator_type="coco",
+                coco_eval_tasks=tuple(eval_tasks), **extra_metadata)
+    if class_names is not None:
+        names = list(class_names)
+        ids = extra_metadata.get("category_ids") or list(range(1, len(names) + 1))
+        meta.update(
+            thing_classes=names,
+            thing_dataset_id_to_contiguous_id={int(c): i for i, c in enumerate(ids)},
+            **_common_metadata(task, names, None, test_outputs, "coco", {}),
+        )
+    meta.pop("category_ids", None)
+    _register(
+        name, lambda: _load_coco(name, json_file, image_root, task, keep_masks), meta, replace
+    )
+
+
+def register_instance_dataset(
+    name: str,
+    json_file: str,
+    image_root: str,
+    *,
+    class_names: Optional[Sequence[str]] = None,
+    category_ids: Optional[Sequence[int]] = None,
+    test_outputs: Optional[Sequence[str]] = None,
+    replace: bool = False,
+    **extra_metadata,
+):
+    """Register a COCO instances json with masks (``segmentation``) as an instance dataset.
+
+    Args:
+        name: dataset name.
+        json_file: COCO instances json.
+        image_root: images folder.
+        class_names: names in contiguous order; ``None`` reads the json's categories (sorted by
+            id) now if it exists, else when first loaded.
+        category_ids: the json's category ids in the same order (default ``1..C``).
+        test_outputs: outputs needed to evaluate it (default ``("instances",)``).
+        replace: replace an existing registration.
+        **extra_metadata: more metadata.
+    """
+    _register_coco(name, json_file, image_root, "instance", class_names, test_outputs,
+                   ("segm", "bbox"), True, replace,
+                   dict(extra_metadata, category_ids=category_ids))
+
+
+def register_box_dataset(
+    name: str,
+    json_file: str,
+    image_root: str,
+    *,
+    class_names: Optional[Sequence[str]] = None,
+    category_ids: Optional[Sequence[int]] = None,
+    has_masks: bool = False,
+    test_outputs: Optional[Sequence[str]] = None,
+    replace: bool = False,
+    **extra_metadata,
+):
+    """Register a COCO json used with its boxes only (box-supervised training).
+
+    Masks in the json are dropped at load time for training. ``has_masks=True`` marks a
+    held-out set whose masks ARE evaluated (weak-supervision transfer: DaTaSeg's Objects365
+    mask val): its evaluator computes ``bbox`` and ``segm`` AP from the json.
+
+    Args: as :func:`register_instance_dataset`, plus ``has_masks``.
+    """
+    eval_tasks = ("bbox", "segm") if has_masks else ("bbox",)
+    _register_coco(name, json_file, image_root, "box", class_names, test_outputs, eval_tasks,
+                   has_masks, replace, dict(extra_metadata, category_ids=category_ids))

@@ -1,0 +1,56 @@
+"""Panoptic task mapper: one mask per thing instance and one per stuff region."""
+
+import numpy as np
+from PIL import Image
+
+from detectron2.utils.file_io import PathManager
+
+from ..catalog import DatasetValidationError
+from .base import DaTaSegDatasetMapper, masks_to_instances
+
+__all__ = ["PanopticDatasetMapper"]
+
+
+def _rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    # COCO panoptic PNG encoding: id = R + 256 G + 256^2 B.
+    rgb = rgb.astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+class PanopticDatasetMapper(DaTaSegDatasetMapper):
+    """Map COCO-panoptic dicts (``pan_seg_file_name`` + ``segments_info``) to instances.
+
+    ``gt_classes`` are contiguous ids over the dataset's full vocabulary (things and stuff);
+    crowd segments and void pixels are in no mask. ``gt_boxes`` are derived from the masks.
+    """
+
+    task = "panoptic"
+
+    def read_label_maps(self, dataset_dict, image_shape):
+        path = dataset_dict["pan_seg_file_name"]
+        with PathManager.open(path, "rb") as f:
+            pan = _rgb_to_id(np.asarray(Image.open(f).convert("RGB")))
+        if pan.shape != tuple(image_shape):
+            raise DatasetValidationError(
+                f"Dataset {self.dataset_name!r}: panoptic PNG {path!r} is {pan.shape} but image "
+                f"{dataset_dict['file_name']!r} is {tuple(image_shape)} (HxW)."
+            )
+        # Segment ids are arbitrary 24-bit values that nearest-resize of integer arrays cannot
+        # carry and a pad value could collide with: transform a float map of 1-based segment
+        # indices plus a validity map whose padded pixels become the pad value instead.
+        index = np.zeros(pan.shape, dtype=np.float32)
+        for k, seg in enumerate(dataset_dict["segments_info"]):
+            if not seg.get("iscrowd", 0):
+                index[pan == seg["id"]] = k + 1
+        return {"index": index, "valid": np.ones(pan.shape, dtype=np.uint8)}
+
+    def annotations_to_instances(self, dataset_dict, label_maps, transforms, image_shape):
+        index = label_maps["index"].astype(np.int64)
+        index[label_maps["valid"] != 1] = 0
+        present = np.unique(index)
+        masks, classes = [], []
+        segments = dataset_dict["segments_info"]
+        for k in present[present > 0]:
+            masks.append(index == k)
+            classes.append(int(segments[k - 1]["category_id"]))
+        return masks_to_instances(image_shape, masks, classes, with_boxes=True)

@@ -1,0 +1,120 @@
+"""Choosing evaluators from a dataset's metadata (``evaluator_type``), never from its name.
+
+``EVALUATOR_REGISTRY`` maps an ``evaluator_type`` to a factory
+``(dataset_name, output_folder, cfg) -> list[DatasetEvaluator]``; projects add their own with
+:func:`register_evaluator`. Several test datasets in one run each get their own evaluators.
+"""
+
+import os
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+from PIL import Image
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import (
+    COCOPanopticEvaluator,
+    DatasetEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
+from detectron2.utils.file_io import PathManager
+
+from .coco import DaTaSegCOCOEvaluator
+
+__all__ = ["EVALUATOR_REGISTRY", "register_evaluator", "build_dataseg_evaluator",
+           "load_label_map"]
+
+EvaluatorFactory = Callable[[str, Optional[str], object], List[DatasetEvaluator]]
+EVALUATOR_REGISTRY: Dict[str, EvaluatorFactory] = {}
+
+
+def register_evaluator(evaluator_type: str):
+    """Decorator: use the decorated factory for datasets with this ``evaluator_type``."""
+
+    def wrap(factory: EvaluatorFactory) -> EvaluatorFactory:
+        EVALUATOR_REGISTRY[evaluator_type] = factory
+        return factory
+
+    return wrap
+
+
+@register_evaluator("coco_panoptic_seg")
+def _panoptic(dataset_name, output_folder, cfg):
+    return [COCOPanopticEvaluator(dataset_name, output_folder)]
+
+
+def load_label_map(filename: str, copy: bool = False, dtype=None) -> np.ndarray:
+    """Read a label PNG/TIFF as an array (numpy-2 safe).
+
+    detectron2's default loader calls ``np.array(image, copy=False)``, which numpy 2 refuses
+    for PIL images ("Unable to avoid copy"); ``np.asarray`` copies when it must.
+    """
+    with PathManager.open(filename, "rb") as f:
+        return np.asarray(Image.open(f), dtype=dtype)
+
+
+@register_evaluator("sem_seg")
+def _semantic(dataset_name, output_folder, cfg):
+    return [SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                            sem_seg_loading_fn=load_label_map)]
+
+
+@register_evaluator("coco")
+def _coco(dataset_name, output_folder, cfg):
+    # Which AP to compute comes from registration: ("segm", "bbox") for instance data,
+    # ("bbox",) for box data, ("bbox", "segm") for box data with held-out masks.
+    tasks = tuple(MetadataCatalog.get(dataset_name).get("coco_eval_tasks", ("segm", "bbox")))
+    max_dets = cfg.TEST.DETECTIONS_PER_IMAGE if cfg is not None else None
+    return [DaTaSegCOCOEvaluator(dataset_name, tasks=tasks, distributed=True,
+                                 output_dir=output_folder, max_dets_per_image=max_dets)]
+
+
+def _cityscapes(kind):
+    def factory(dataset_name, output_folder, cfg):
+        try:
+            import cityscapesscripts  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                f"Evaluating {dataset_name!r} ({kind}) needs the optional package "
+                "cityscapesscripts (pip install cityscapesscripts; note that it pins numpy<2)."
+            ) from e
+        from detectron2.evaluation import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
+
+        cls = {"sem_seg": CityscapesSemSegEvaluator, "instance": CityscapesInstanceEvaluator}
+        return [cls[kind](dataset_name)]
+
+    return factory
+
+
+register_evaluator("cityscapes_sem_seg")(_cityscapes("sem_seg"))
+register_evaluator("cityscapes_instance")(_cityscapes("instance"))
+# detectron2's own cityscapes panoptic registration: PQ through the panoptic json.
+register_evaluator("cityscapes_panoptic_seg")(_panoptic)
+
+
+def build_dataseg_evaluator(cfg, dataset_name: str,
+                            output_folder: Optional[str] = None) -> DatasetEvaluators:
+    """Evaluators for one test dataset, chosen by its ``evaluator_type`` metadata.
+
+    Args:
+        cfg: the config (``OUTPUT_DIR`` gives the default output folder); may be None.
+        dataset_name: a registered dataset.
+        output_folder: where evaluators dump predictions (default
+            ``OUTPUT_DIR/inference/<dataset_name>``).
+
+    Raises:
+        ValueError: the dataset has no ``evaluator_type`` or an unregistered one.
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    evaluator_type = meta.get("evaluator_type", None)
+    if evaluator_type not in EVALUATOR_REGISTRY:
+        raise ValueError(
+            f"No evaluator for dataset {dataset_name!r} with evaluator_type "
+            f"{evaluator_type!r}; registered types: {sorted(EVALUATOR_REGISTRY)}. Register the "
+            "dataset with dataseg.data.register_*_dataset or add a factory with "
+            "dataseg.evaluation.register_evaluator."
+        )
+    if output_folder is None and cfg is not None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    return DatasetEvaluators(EVALUATOR_REGISTRY[evaluator_type](dataset_name, output_folder, cfg))

@@ -1,0 +1,163 @@
+"""Dataset registration helpers: metadata contract and lazy, clear validation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from dataseg.data import (
+    TASKS,
+    DatasetValidationError,
+    check_task,
+    get_dataset_task,
+    register_box_dataset,
+    register_instance_dataset,
+    register_panoptic_dataset,
+    register_semantic_dataset,
+)
+from dataseg.data.catalog import class_names_to_vocabulary
+
+REQUIRED_KEYS = ("dataseg_task", "dataseg_classes", "dataseg_isthing", "dataseg_test_outputs",
+                 "evaluator_type")
+
+
+def test_unknown_task_lists_valid_tasks():
+    with pytest.raises(ValueError) as e:
+        check_task("detection")
+    for task in TASKS:
+        assert task in str(e.value)
+
+
+def test_vocabulary_normalisation():
+    assert class_names_to_vocabulary(["Cabinet/shelf", "window ", "tv, monitor"]) == [
+        "Cabinet, shelf", "window", "tv, monitor"]
+
+
+@pytest.mark.parametrize("short,task", [
+    ("panoptic_train", "panoptic"), ("semantic_val", "semantic"), ("instance_train", "instance"),
+    ("box_train", "box"), ("box_val", "box"), ("heldout_panoptic_val", "panoptic"),
+])
+def test_synthetic_metadata_contract(synthetic_datasets, short, task):
+    name = synthetic_datasets[short]
+    meta = MetadataCatalog.get(name)
+    for key in REQUIRED_KEYS:
+        assert meta.get(key, None) is not None, key
+    assert get_dataset_task(name) == task
+    assert len(meta.dataseg_isthing) == len(meta.dataseg_classes)
+    if task == "panoptic":
+        assert meta.stuff_classes == meta.thing_classes and len(meta.stuff_classes) == 7
+        contiguous = set(meta.thing_dataset_id_to_contiguous_id.values())
+        assert contiguous <= set(range(len(meta.stuff_classes)))
+        assert [meta.dataseg_isthing[i] for i in sorted(contiguous)] == [True] * 3
+        assert meta.dataseg_test_outputs == ("panoptic_seg",)
+    if task in ("instance", "box"):
+        assert all(meta.dataseg_isthing)
+        assert meta.dataseg_test_outputs == ("instances",)
+    if short == "box_val":
+        assert meta.coco_eval_tasks == ("bbox", "segm")
+
+
+def test_datasets_name_shared_concepts_differently(synthetic_datasets):
+    vocab = {k: MetadataCatalog.get(v).dataseg_classes for k, v in synthetic_datasets.items()}
+    assert "disk" in vocab["panoptic_train"] and "circle" in vocab["heldout_panoptic_val"]
+    assert "disk" not in vocab["heldout_panoptic_val"]
+    assert set(vocab["semantic_train"]).isdisjoint(vocab["panoptic_train"])
+
+
+def test_registration_without_files_then_clear_error(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    register_semantic_dataset("t_cat_missing_sem", os.path.join(missing, "img"),
+                              os.path.join(missing, "lab"), ["a", "b"], replace=True)
+    register_panoptic_dataset("t_cat_missing_pan", missing, missing, missing + ".json",
+                              categories=[{"id": 1, "name": "a", "isthing": 1}], replace=True)
+    register_instance_dataset("t_cat_missing_ins", missing + ".json", missing,
+                              class_names=["a"], replace=True)
+    register_box_dataset("t_cat_missing_box", missing + ".json", missing, class_names=["a"],
+                         replace=True)
+    for name in ("t_cat_missing_sem", "t_cat_missing_pan", "t_cat_missing_ins",
+                 "t_cat_missing_box"):
+        with pytest.raises(FileNotFoundError, match="expected path"):
+            DatasetCatalog.get(name)
+    with pytest.raises(FileNotFoundError, match=os.path.join("nowhere", "img")):
+        DatasetCatalog.get("t_cat_missing_sem")
+
+
+def _semantic_fixture(tmp_path, label, image_size=(16, 16)):
+    img_dir, lab_dir = tmp_path / "img", tmp_path / "lab"
+    img_dir.mkdir()
+    lab_dir.mkdir()
+    Image.fromarray(np.zeros(image_size + (3,), np.uint8)).save(img_dir / "a.jpg")
+    Image.fromarray(label.astype(np.uint8)).save(lab_dir / "a.png")
+    return str(img_dir), str(lab_dir)
+
+
+def test_semantic_class_id_outside_list(tmp_path):
+    img, lab = _semantic_fixture(tmp_path, np.full((16, 16), 7))
+    register_semantic_dataset("t_cat_bad_ids", img, lab, ["a", "b", "c"], replace=True)
+    with pytest.raises(DatasetValidationError, match=r"\[7\]"):
+        DatasetCatalog.get("t_cat_bad_ids")
+
+
+def test_semantic_size_mismatch(tmp_path):
+    img, lab = _semantic_fixture(tmp_path, np.zeros((8, 8)))
+    register_semantic_dataset("t_cat_bad_size", img, lab, ["a"], replace=True)
+    with pytest.raises(DatasetValidationError, match="same size"):
+        DatasetCatalog.get("t_cat_bad_size")
+
+
+def test_semantic_empty(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    register_semantic_dataset("t_cat_empty", str(tmp_path / "img"), str(tmp_path / "lab"), ["a"],
+                              replace=True)
+    with pytest.raises(DatasetValidationError, match="empty"):
+        DatasetCatalog.get("t_cat_empty")
+
+
+def test_panoptic_unknown_category(tmp_path, synthetic_root):
+    pan = os.path.join(synthetic_root, "panoptic")
+    with open(os.path.join(pan, "panoptic_val.json")) as f:
+        info = json.load(f)
+    info["annotations"][0]["segments_info"][0]["category_id"] = 999
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text(json.dumps(info))
+    register_panoptic_dataset("t_cat_bad_pan", os.path.join(pan, "images", "val"),
+                              os.path.join(pan, "panoptic_val"), str(bad_json),
+                              categories=info["categories"], replace=True)
+    with pytest.raises(DatasetValidationError, match="999"):
+        DatasetCatalog.get("t_cat_bad_pan")
+
+
+def test_panoptic_categories_deferred_to_load(tmp_path, synthetic_root):
+    pan = os.path.join(synthetic_root, "panoptic")
+    # categories=None and the json exists: read at registration.
+    register_panoptic_dataset("t_cat_pan_json", os.path.join(pan, "images", "val"),
+                              os.path.join(pan, "panoptic_val"),
+                              os.path.join(pan, "panoptic_val.json"), replace=True)
+    meta = MetadataCatalog.get("t_cat_pan_json")
+    assert meta.dataseg_classes[0] == "disk" and meta.dataseg_task == "panoptic"
+    assert len(DatasetCatalog.get("t_cat_pan_json")) == 4
+
+
+def test_coco_unknown_category(tmp_path, synthetic_root):
+    src = os.path.join(synthetic_root, "box", "annotations", "instances_val.json")
+    with open(src) as f:
+        info = json.load(f)
+    info["annotations"][0]["category_id"] = 42
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(info))
+    register_instance_dataset("t_cat_bad_coco", str(bad),
+                              os.path.join(synthetic_root, "box", "images", "val"), replace=True)
+    with pytest.raises(DatasetValidationError, match="42"):
+        DatasetCatalog.get("t_cat_bad_coco")
+
+
+def test_box_dataset_drops_masks_for_training(synthetic_datasets):
+    dicts = DatasetCatalog.get(synthetic_datasets["box_train"])
+    assert all("segmentation" not in a for d in dicts for a in d["annotations"])
+    held_out = DatasetCatalog.get(synthetic_datasets["box_val"])
+    assert any("segmentation" in a for d in held_out for a in d["annotations"])

@@ -1,0 +1,114 @@
+"""Evaluator wiring: perfect predictions from ground truth score 100, empty/wrong ones 0."""
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import Boxes, BoxMode, Instances
+
+from dataseg.evaluation import EVALUATOR_REGISTRY, build_dataseg_evaluator
+
+
+def _run(evaluator, dataset_name, predict):
+    evaluator.reset()
+    for d in DatasetCatalog.get(dataset_name):
+        evaluator.process([d], [predict(d)])
+    return evaluator.evaluate()
+
+
+def _panoptic_gt(d):
+    rgb = np.asarray(Image.open(d["pan_seg_file_name"]).convert("RGB")).astype(np.int64)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    segments = [{"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+                for s in d["segments_info"]]
+    return torch.from_numpy(ids.astype(np.int32)), segments
+
+
+@pytest.mark.parametrize("short", ["panoptic_val", "heldout_panoptic_val"])
+def test_panoptic_pq(short, synthetic_datasets, tmp_path):
+    name = synthetic_datasets[short]
+    evaluator = build_dataseg_evaluator(None, name, str(tmp_path))
+    perfect = _run(evaluator, name, lambda d: {"panoptic_seg": _panoptic_gt(d)})
+    assert perfect["panoptic_seg"]["PQ"] == pytest.approx(100.0)
+    empty = _run(evaluator, name, lambda d: {
+        "panoptic_seg": (torch.zeros((d["height"], d["width"]), dtype=torch.int32), [])})
+    assert empty["panoptic_seg"]["PQ"] == pytest.approx(0.0)
+
+
+def _one_hot(labels, num_classes):
+    scores = torch.zeros((num_classes,) + labels.shape)
+    valid = labels < num_classes
+    idx = torch.from_numpy(np.where(valid, labels, 0)).long()
+    scores.scatter_(0, idx[None], torch.from_numpy(valid[None]).float())
+    return scores
+
+
+@pytest.mark.parametrize("short", ["semantic_val", "heldout_semantic_val"])
+def test_semantic_miou(short, synthetic_datasets):
+    name = synthetic_datasets[short]
+    num = len(MetadataCatalog.get(name).stuff_classes)
+    evaluator = build_dataseg_evaluator(None, name)
+
+    def labels(d):
+        return np.asarray(Image.open(d["sem_seg_file_name"])).astype(np.int64)
+
+    perfect = _run(evaluator, name, lambda d: {"sem_seg": _one_hot(labels(d), num)})
+    assert perfect["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    # An argmax always predicts some class, so "empty" = every pixel wrong.
+    wrong = _run(evaluator, name, lambda d: {
+        "sem_seg": _one_hot(np.where(labels(d) < num, (labels(d) + 1) % num, 255), num)})
+    assert wrong["sem_seg"]["mIoU"] == pytest.approx(0.0)
+
+
+def _instances_from_gt(d, empty=False):
+    h, w = d["height"], d["width"]
+    annos = [] if empty else d["annotations"]
+    inst = Instances((h, w))
+    inst.pred_boxes = Boxes(torch.tensor(
+        [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos],
+        dtype=torch.float32).reshape(-1, 4))
+    inst.scores = torch.ones(len(annos))
+    inst.pred_classes = torch.tensor([a["category_id"] for a in annos], dtype=torch.int64)
+    masks = [mask_util.decode(a["segmentation"]) for a in annos]
+    inst.pred_masks = torch.from_numpy(np.stack(masks).astype(bool)) if masks else \
+        torch.zeros((0, h, w), dtype=torch.bool)
+    return {"instances": inst}
+
+
+@pytest.mark.parametrize("short,tasks", [("instance_val", ("segm", "bbox")),
+                                         ("box_val", ("bbox", "segm"))])
+def test_coco_ap(short, tasks, synthetic_datasets, tmp_path):
+    name = synthetic_datasets[short]
+    evaluator = build_dataseg_evaluator(None, name, str(tmp_path))
+    assert evaluator._evaluators[0]._tasks == tasks
+    perfect = _run(evaluator, name, _instances_from_gt)
+    for task in tasks:
+        assert perfect[task]["AP"] == pytest.approx(100.0), task
+    empty = _run(evaluator, name, lambda d: _instances_from_gt(d, empty=True))
+    for task in tasks:
+        assert empty[task]["AP"] == 0.0, task
+
+
+def test_box_training_set_evaluates_boxes_only(synthetic_datasets):
+    evaluator = build_dataseg_evaluator(None, synthetic_datasets["box_train"])
+    assert evaluator._evaluators[0]._tasks == ("bbox",)
+
+
+def test_several_test_datasets_and_registry(synthetic_datasets, dataseg_cfg, tmp_path):
+    dataseg_cfg.OUTPUT_DIR = str(tmp_path)
+    kinds = set()
+    for short in ("panoptic_val", "semantic_val", "instance_val", "box_val"):
+        ev = build_dataseg_evaluator(dataseg_cfg, synthetic_datasets[short])
+        kinds |= {type(e).__name__ for e in ev._evaluators}
+    assert kinds == {"COCOPanopticEvaluator", "SemSegEvaluator", "DaTaSegCOCOEvaluator"}
+    assert {"coco_panoptic_seg", "sem_seg", "coco", "cityscapes_sem_seg"} <= set(
+        EVALUATOR_REGISTRY)
+
+
+def test_unknown_evaluator_type():
+    MetadataCatalog.get("t_eval_unknown").evaluator_type = "nope"
+    with pytest.raises(ValueError, match="registered types"):
+        build_dataseg_evaluator(None, "t_eval_unknown")
