@@ -1,7 +1,11 @@
 """Config set-up shared by train_net.py, the demo and the benchmarks."""
 
+import logging
+
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_dataseg_config, check_dataseg_config, merge_dataseg_config_file
 
@@ -30,9 +34,12 @@ def setup(args):
     cfg = get_dataseg_cfg(args.config_file, args.opts)
     if cfg.MODEL.DEVICE == "cuda" and not _cuda_available():
         # Users without a GPU should not need to know detectron2's default is "cuda".
+        logging.getLogger(__name__).warning("No CUDA device: running on the CPU.")
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup only configures detectron2's loggers; DaTaSeg logs under "dataseg".
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dataseg")
     return cfg
 
 

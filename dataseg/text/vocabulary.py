@@ -1,0 +1,81 @@
+"""Class-name lists ("vocabularies"): normalisation, synonyms and validation.
+
+A vocabulary is the list of a dataset's class names in contiguous-id order. One entry may hold
+several synonyms separated by commas (``"tv, television, monitor"``); every synonym is embedded
+and the results are reduced to one class (see ``dataseg.text.ensemble``).
+"""
+
+from collections import Counter
+from typing import List, Sequence
+
+__all__ = [
+    "normalize_class_name",
+    "split_synonyms",
+    "validate_class_names",
+    "dataset_class_names",
+]
+
+
+def split_synonyms(class_name: str) -> List[str]:
+    """Split ``"tv, television, monitor"`` into ``["tv", "television", "monitor"]``.
+
+    Empty pieces (``"road,"``) are dropped; a name without commas is its own single synonym.
+    """
+    synonyms = [part.strip() for part in class_name.split(",")]
+    synonyms = [s for s in synonyms if s]
+    if not synonyms:
+        raise ValueError(f"Class name {class_name!r} is empty after stripping whitespace/commas.")
+    return synonyms
+
+
+def normalize_class_name(class_name: str) -> str:
+    """Canonical form used to compare names: lowercase, stripped, synonyms joined by ", "."""
+    return ", ".join(s.lower() for s in split_synonyms(class_name))
+
+
+def validate_class_names(class_names: Sequence[str]) -> List[str]:
+    """Check a vocabulary and return it as a list of str.
+
+    Raises:
+        ValueError: if the list is empty, holds a non-string or empty name, or two names are
+            equal after :func:`normalize_class_name` (two columns would then compete for the
+            same concept and the classifier could never separate them).
+    """
+    if isinstance(class_names, str):
+        raise ValueError(
+            f"Expected a list of class names, got the string {class_names!r}; wrap it in a list."
+        )
+    names = list(class_names)
+    if not names:
+        raise ValueError("The class-name list is empty; a vocabulary needs at least one class.")
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ValueError(f"Class name #{i} is {type(name).__name__} {name!r}, expected str.")
+    counts = Counter(normalize_class_name(n) for n in names)
+    duplicates = sorted(n for n, c in counts.items() if c > 1)
+    if duplicates:
+        raise ValueError(
+            "Duplicate class names after normalisation (lowercase, strip): "
+            f"{duplicates}. Rename or merge them so every class has a distinct name."
+        )
+    return names
+
+
+def dataset_class_names(dataset_name: str) -> List[str]:
+    """Vocabulary of a dataset registered in detectron2's ``MetadataCatalog``.
+
+    Reads ``dataseg_classes`` when present, else ``stuff_classes`` (which for detectron2's
+    panoptic and semantic datasets lists every class), else ``thing_classes``.
+    """
+    from detectron2.data import MetadataCatalog
+
+    metadata = MetadataCatalog.get(dataset_name)
+    for key in ("dataseg_classes", "stuff_classes", "thing_classes"):
+        names = metadata.get(key, None)
+        if names:
+            return list(names)
+    raise KeyError(
+        f"Dataset {dataset_name!r} has no class names in MetadataCatalog (looked for "
+        "dataseg_classes, stuff_classes, thing_classes). Is it registered? `import dataseg` "
+        "registers the DaTaSeg datasets."
+    )
