@@ -1,7 +1,8 @@
 import torch
 
 from dataseg.text import Precomputed
-from dataseg.text.__main__ import main, nearest_classes, parse_classes
+from dataseg.text import parse_classes
+from dataseg.text.__main__ import main, nearest_classes
 
 
 def test_parse_classes():

@@ -32,6 +32,7 @@ from .templates import TEMPLATE_SETS, get_templates, register_template_set  # no
 from .vocabulary import (  # noqa: F401
     dataset_class_names,
     normalize_class_name,
+    parse_classes,
     split_synonyms,
     validate_class_names,
 )

@@ -21,13 +21,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .vocabulary import parse_classes
+
 __all__ = ["main", "parse_classes", "nearest_classes"]
-
-
-def parse_classes(spec: str) -> List[str]:
-    """``"a,b,c"`` -> 3 classes; ``"tv, television;cat"`` -> 2 classes (first has synonyms)."""
-    sep = ";" if ";" in spec else ","
-    return [c.strip() for c in spec.split(sep) if c.strip()]
 
 
 def nearest_classes(

@@ -9,11 +9,22 @@ from collections import Counter
 from typing import List, Sequence
 
 __all__ = [
+    "parse_classes",
     "normalize_class_name",
     "split_synonyms",
     "validate_class_names",
     "dataset_class_names",
 ]
+
+
+def parse_classes(spec: str) -> List[str]:
+    """Parse a vocabulary typed on a command line.
+
+    ``"a,b,c"`` -> 3 classes; ``"tv, television;cat"`` -> 2 classes (the first with synonyms):
+    when the string holds a ";", classes are separated by ";" and commas separate synonyms.
+    """
+    sep = ";" if ";" in spec else ","
+    return [c.strip() for c in spec.split(sep) if c.strip()]
 
 
 def split_synonyms(class_name: str) -> List[str]:
