@@ -9,10 +9,10 @@
 Without GPUs, ``--num-gpus N`` runs N processes on the CPU (gloo backend).
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 
 import dataseg  # noqa: F401  (registers DaTaSeg with detectron2)
+from dataseg.engine import DaTaSegCheckpointer
 from dataseg.engine import DaTaSegTrainer as Trainer
 from dataseg.engine import setup
 
@@ -21,7 +21,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        DaTaSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         return Trainer.test(cfg, model)

@@ -17,6 +17,7 @@ DATASEG_META_ARCHITECTURE = "DaTaSeg"
 __all__ = [
     "add_dataseg_config",
     "check_dataseg_config",
+    "check_sampling_ratios",
     "merge_dataseg_config_file",
     "DATASEG_META_ARCHITECTURE",
 ]
@@ -51,7 +52,8 @@ def add_dataseg_config(cfg):
     D.PIXEL_DECODER.DROPOUT = 0.0
     D.PIXEL_DECODER.COMMON_STRIDE = 4  # stride of the per-pixel mask features F
     # Deformable-attention implementation: "auto" picks by tensor device; "pytorch" forces
-    # the pure-PyTorch path (runs everywhere).
+    # the pure-PyTorch path (runs everywhere). Both mean the fast embedding-bag path today;
+    # "grid_sample" selects the slower per-level F.grid_sample reference.
     D.PIXEL_DECODER.MSDA_IMPL = "auto"
 
     # ---- transformer (query) decoder (not in the paper: Mask2Former masked attention) -----
@@ -223,6 +225,38 @@ def check_dataseg_config(cfg):
                 f"INPUT.DATASEG.{key} has {len(values)} entries; give one value for all "
                 f"training datasets or one per dataset of DATASETS.TRAIN ({num_train})."
             )
+    check_sampling_ratios(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS, cfg.DATASETS.TRAIN)
+
+
+def check_sampling_ratios(ratios, train_datasets):
+    """Validate ``DATALOADER.DATASEG.SAMPLING_RATIOS`` against ``DATASETS.TRAIN``.
+
+    Empty means "derived from dataset sizes". Otherwise one finite, non-negative value per
+    training dataset, in the same order, at least one of them positive.
+
+    Raises:
+        ValueError: naming the offending entries and their datasets.
+    """
+    ratios, names = list(ratios), list(train_datasets)
+    if not ratios:
+        return
+    key = "DATALOADER.DATASEG.SAMPLING_RATIOS"
+    if len(ratios) != len(names):
+        raise ValueError(
+            f"{key} has {len(ratios)} entries but DATASETS.TRAIN has {len(names)} ({names}); "
+            "give one ratio per training dataset, in the same order, or leave it empty to "
+            "derive the ratios from the dataset sizes."
+        )
+    bad = [f"{name}={r}" for name, r in zip(names, ratios)
+           if not (float(r) >= 0 and float(r) != float("inf"))]
+    if bad:
+        raise ValueError(f"{key} must be finite and >= 0; got {', '.join(bad)}.")
+    if sum(float(r) for r in ratios) <= 0:
+        raise ValueError(
+            f"{key} are all zero ({dict(zip(names, ratios))}): no dataset could ever be drawn. "
+            "Give at least one training dataset a positive ratio (remove a dataset from "
+            "DATASETS.TRAIN rather than giving it 0 if it should not be trained on)."
+        )
 
 
 def merge_dataseg_config_file(cfg, config_file: str):

@@ -19,10 +19,13 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 
+from ..config import check_sampling_ratios
+from .catalog import DatasetValidationError
 from .mappers import build_dataseg_mapper, get_mapper_class
 from .sampler import MultiDatasetSchedule, sampling_ratios_from_sizes
 
 __all__ = [
+    "MappedBatch",
     "MultiDatasetBatchStream",
     "build_dataseg_train_loader",
     "build_dataseg_test_loader",
@@ -43,11 +46,9 @@ def resolve_sampling_ratios(cfg, sizes: Sequence[int]) -> List[float]:
     ratios = list(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS)
     if not ratios:
         return sampling_ratios_from_sizes(sizes, cfg.DATALOADER.DATASEG.SIZE_EXPONENT)
-    if len(ratios) != len(sizes):
-        raise ValueError(
-            f"DATALOADER.DATASEG.SAMPLING_RATIOS has {len(ratios)} entries but DATASETS.TRAIN "
-            f"has {len(sizes)}; give one ratio per training dataset or leave it empty."
-        )
+    names = list(cfg.DATASETS.TRAIN)
+    check_sampling_ratios(ratios, names if len(names) == len(sizes) else
+                          [f"dataset {i}" for i in range(len(sizes))])
     total = float(sum(ratios))
     return [r / total for r in ratios]
 
@@ -86,6 +87,15 @@ def build_train_schedule(cfg, sizes: Sequence[int], world_size: Optional[int] = 
     )
 
 
+class MappedBatch(list):
+    """A batch (list of mapped dicts) plus ``skipped_images``: how many unreadable images were
+    replaced while producing it. An attribute rather than a dict key keeps the model's input
+    contract unchanged; it survives the trip from a loader worker (list subclasses pickle
+    their attributes)."""
+
+    skipped_images: int = 0
+
+
 class MultiDatasetBatchStream(IterableDataset):
     """Endless stream of mapped batches of one rank, in iteration order.
 
@@ -110,34 +120,46 @@ class MultiDatasetBatchStream(IterableDataset):
     def _map(self, dataset: int, index: int, iteration: int, state: dict):
         attempt = 0
         while True:
+            record = self.datasets[dataset][index]
             try:
-                return self.mappers[dataset](self.datasets[dataset][index])
-            except OSError as e:  # unreadable/corrupt file (PIL and cv2 raise OSError)
+                return self.mappers[dataset](record)
+            # Unreadable/corrupt files (PIL and cv2 raise OSError, truncated JPEGs included) and
+            # annotations inconsistent with their image: one bad file among millions should
+            # not end a multi-day run. The loader already validated a sample of every dataset,
+            # so systematic problems fail before training instead.
+            except (OSError, DatasetValidationError) as e:
                 state["skipped"] += 1
+                state["batch_skipped"] += 1
+                file_name = record.get("file_name", "?") if isinstance(record, dict) else record
                 if state["skipped"] > self.max_skipped_images:
                     raise RuntimeError(
                         f"More than {self.max_skipped_images} unreadable training images "
-                        "(INPUT.DATASEG.MAX_SKIPPED_IMAGES); last error above."
+                        f"(INPUT.DATASEG.MAX_SKIPPED_IMAGES); the last one was {file_name!r}: {e}"
                     ) from e
-                logger.warning(f"Skipping unreadable image ({e}); using another one.")
+                logger.warning(
+                    f"Skipping training image {file_name!r} ({type(e).__name__}: {e}); using "
+                    f"another image of the same dataset ({state['skipped']} skipped so far).")
                 attempt += 1
                 rng = np.random.default_rng([self.schedule.seed, iteration, self.rank, attempt])
                 index = int(rng.integers(len(self.datasets[dataset])))
 
-    def batch(self, iteration: int) -> List[dict]:
+    def batch(self, iteration: int) -> "MappedBatch":
         """The mapped batch of this rank at ``iteration`` (deterministic)."""
         dataset, indices = self.schedule(iteration, self.rank)
         seed_state = np.random.SeedSequence([self.schedule.seed, iteration, self.rank])
         state = getattr(self, "_skip_state", None) or {"skipped": 0}
         self._skip_state = state
+        state["batch_skipped"] = 0
         # detectron2 augmentations draw from numpy's global generator: seed it per iteration
         # (resumable, identical for any worker count) and leave the caller's state untouched.
         saved = np.random.get_state()
         np.random.seed(seed_state.generate_state(1)[0])
         try:
-            return [self._map(dataset, i, iteration, state) for i in indices]
+            batch = MappedBatch(self._map(dataset, i, iteration, state) for i in indices)
         finally:
             np.random.set_state(saved)
+        batch.skipped_images = state["batch_skipped"]
+        return batch
 
     def __iter__(self):
         info = get_worker_info()
@@ -182,10 +204,16 @@ def build_dataseg_train_loader(cfg, start_iter: int = 0, mappers: Optional[Seque
 
 def build_dataseg_test_loader(cfg, dataset_name: str, mapper=None, batch_size: int = 1):
     """detectron2's test loader over ``dataset_name`` with its task's test mapper."""
+    dicts = DatasetCatalog.get(dataset_name)
+    if len(dicts) == 0:
+        # An empty loader would hand the evaluators nothing and report a meaningless score.
+        raise ValueError(
+            f"Test dataset {dataset_name!r} has no images; remove it from DATASETS.TEST or fix "
+            "its registration.")
     if mapper is None:
         mapper = build_dataseg_mapper(cfg, dataset_name, is_train=False)
     return build_detection_test_loader(
-        DatasetCatalog.get(dataset_name), mapper=mapper,
+        dicts, mapper=mapper,
         num_workers=int(cfg.DATALOADER.NUM_WORKERS), batch_size=batch_size,
     )
 

@@ -28,6 +28,7 @@ __all__ = [
     "TASKS",
     "DEFAULT_TEST_OUTPUTS",
     "DatasetValidationError",
+    "check_panoptic_segment_ids",
     "check_semantic_labels",
     "check_task",
     "get_dataset_task",
@@ -103,6 +104,18 @@ def _require_path(path: str, what: str, dataset_name: str, hint: str = "", is_di
         raise FileNotFoundError(
             f"Dataset {dataset_name!r}: {what} {kind} not found at expected path {path!r}.{hint}"
         )
+
+
+def _read_json(path: str, what: str, dataset_name: str):
+    """``json.load`` with the error a user can act on (a half-downloaded file, usually)."""
+    with PathManager.open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DatasetValidationError(
+                f"Dataset {dataset_name!r}: {what} {path!r} is not valid JSON ({e}); the file is "
+                "probably truncated or was only partly downloaded. Download or extract it again."
+            ) from e
 
 
 def _set_metadata(name: str, **kwargs):
@@ -182,8 +195,7 @@ def _load_panoptic(name, image_root, panoptic_root, panoptic_json, image_ext, te
     _require_path(panoptic_json, "panoptic json", name, hint, is_dir=False)
     _require_path(image_root, "image", name, hint)
     _require_path(panoptic_root, "panoptic PNG", name, hint)
-    with PathManager.open(panoptic_json) as f:
-        info = json.load(f)
+    info = _read_json(panoptic_json, "panoptic json", name)
     if not meta.get("dataseg_classes", None):
         # Deferred category metadata (registration happened before the json existed).
         cat_meta, names, isthing = _panoptic_category_metadata(info["categories"])
@@ -228,7 +240,36 @@ def _load_panoptic(name, image_root, panoptic_root, panoptic_json, image_ext, te
         _require_path(record["file_name"], "image", name, hint, is_dir=False)
         _require_path(record["pan_seg_file_name"], "panoptic PNG", name, hint, is_dir=False)
         _check_same_size(record["file_name"], record["pan_seg_file_name"], name)
+        with Image.open(record["pan_seg_file_name"]) as png:
+            check_panoptic_segment_ids(np.asarray(png.convert("RGB")), record["segments_info"],
+                                       record["pan_seg_file_name"], name)
     return dicts
+
+
+def check_panoptic_segment_ids(rgb: np.ndarray, segments_info: Sequence[Dict], file_name: str,
+                               dataset_name: str) -> np.ndarray:
+    """Decode a COCO panoptic PNG and check that every non-void id is in ``segments_info``.
+
+    Returns:
+        the (H, W) int64 segment-id map (``R + 256 G + 256^2 B``; 0 is void).
+    Raises:
+        DatasetValidationError: naming the ids the json does not describe. Such pixels would
+            silently become background, which usually means PNGs and json are from different
+            releases or a PNG is corrupt.
+    """
+    rgb = rgb.astype(np.int64)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    known = np.array([0] + [int(s["id"]) for s in segments_info], dtype=np.int64)
+    unknown = ~np.isin(ids, known)
+    if unknown.any():
+        bad = np.unique(ids[unknown])
+        raise DatasetValidationError(
+            f"Dataset {dataset_name!r}: panoptic PNG {file_name!r} holds segment ids "
+            f"{bad.tolist()[:10]} that are not in its json segments_info (ids "
+            f"{sorted(known[1:].tolist())[:10]}); the PNGs and the json do not belong together "
+            "or the PNG is corrupt."
+        )
+    return ids
 
 
 def register_panoptic_dataset(
@@ -263,8 +304,7 @@ def register_panoptic_dataset(
             to missing-file errors).
     """
     if categories is None and PathManager.isfile(panoptic_json):
-        with PathManager.open(panoptic_json) as f:
-            categories = json.load(f)["categories"]
+        categories = _read_json(panoptic_json, "panoptic json", name)["categories"]
     meta = dict(
         image_root=image_root,
         panoptic_root=panoptic_root,
@@ -386,9 +426,8 @@ def _coco_category_metadata(categories: Sequence[Dict]) -> Dict:
     )
 
 
-def _read_coco_categories(json_file: str):
-    with PathManager.open(json_file) as f:
-        return json.load(f)["categories"]
+def _read_coco_categories(json_file: str, dataset_name: str):
+    return _read_json(json_file, "COCO json", dataset_name)["categories"]
 
 
 def _load_coco(name, json_file, image_root, task, keep_masks):
@@ -397,11 +436,17 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
     _require_path(json_file, "COCO json", name, hint, is_dir=False)
     _require_path(image_root, "image", name, hint)
     if not meta.get("dataseg_classes", None):
-        names, cat_meta = _coco_category_metadata(_read_coco_categories(json_file))
+        names, cat_meta = _coco_category_metadata(_read_coco_categories(json_file, name))
         _set_metadata(name, **cat_meta, **_common_metadata(task, names, None, None, "coco", {}))
     # dataset_name=None: ids are mapped below, with a clear error for unknown ids, instead of
     # letting load_coco_json rewrite (and possibly contradict) the registered metadata.
-    dicts = load_coco_json(json_file, image_root, dataset_name=None)
+    try:
+        dicts = load_coco_json(json_file, image_root, dataset_name=None)
+    except json.JSONDecodeError as e:
+        raise DatasetValidationError(
+            f"Dataset {name!r}: COCO json {json_file!r} is not valid JSON ({e}); the file is "
+            "probably truncated or was only partly downloaded. Download or extract it again."
+        ) from e
     id_map = meta.thing_dataset_id_to_contiguous_id
     for record in dicts:
         for obj in record.get("annotations", []):
@@ -424,7 +469,7 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
 def _register_coco(name, json_file, image_root, task, class_names, test_outputs,
                    eval_tasks, keep_masks, replace, extra_metadata):
     if class_names is None and PathManager.isfile(json_file):
-        class_names, _ = _coco_category_metadata(_read_coco_categories(json_file))
+        class_names, _ = _coco_category_metadata(_read_coco_categories(json_file, name))
     meta = dict(json_file=json_file, image_root=image_root, evaluator_type="coco",
                 coco_eval_tasks=tuple(eval_tasks), **extra_metadata)
     if class_names is not None:

@@ -1,17 +1,36 @@
-"""The DaTaSeg trainer: detectron2's ``DefaultTrainer`` with DaTaSeg's builders."""
+"""The DaTaSeg trainer: detectron2's ``DefaultTrainer`` with DaTaSeg's builders.
+
+Reliability policy (what a multi-day job on a shared cluster can count on):
+
+* Bad input fails before the first iteration: the config's per-dataset lists, every training
+  dataset's files (loaded and sample-validated by ``build_train_loader``), its task, its
+  vocabulary and the text encoder's weights (every training vocabulary is embedded up front).
+* Unreadable or inconsistent single training images are skipped with a warning and replaced;
+  the running count is the ``data/skipped_images`` metric, and more than
+  ``INPUT.DATASEG.MAX_SKIPPED_IMAGES`` stops training.
+* A non-finite loss stops training with the dataset, iteration and loss terms involved.
+* Kill and ``--resume`` continue the same run: checkpoints are written atomically, the data
+  seed is stored in them, the data stream is a function of (seed, iteration) and torch's RNG
+  is re-seeded from (seed, iteration, rank) before every step.
+"""
 
 import contextlib
 import logging
+import math
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 
 from ..data import build_dataseg_test_loader, build_dataseg_train_loader
 from ..evaluation import build_dataseg_evaluator
+from .checkpoint import DaTaSegCheckpointer
 from .optimizer import build_dataseg_optimizer
+from .preflight import check_train_config, prepare_train_vocabularies
 from .results_table import format_results_table
 from .visualization_hook import PredictionVisualizationHook
 
@@ -46,16 +65,137 @@ def _cpu_aware_ddp():
         d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
 
 
+def _with_seed(cfg, seed: int):
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SEED = int(seed)
+    cfg.freeze()
+    return cfg
+
+
+class StepSeeder:
+    """Forward pre-hook of the model: in training, re-seed torch from (seed, iteration, rank)
+    right before the forward pass.
+
+    The randomness a step consumes (point sampling, dropout) then depends on nothing but the
+    iteration, so a resumed run repeats the uninterrupted one. Seeding at the forward, not at
+    the start of the step, matters: creating the data loader's iterator (first step of every
+    process) draws from torch's RNG too.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def __call__(self, module, args):
+        if not module.training:
+            return
+        try:
+            iteration = get_event_storage().iter
+        except AssertionError:  # a training-mode forward outside the training loop
+            return
+        key = [self.seed, iteration, comm.get_rank()]
+        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+
+
+def _unwrap(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) \
+        else model
+
+
+class SkippedImagesMonitor:
+    """Wraps the train loader: counts the images the stream skipped (``skipped_images`` of
+    each batch), reports the total as the ``data/skipped_images`` metric and stops training
+    once it exceeds ``max_skipped`` (the count over all data workers of this rank)."""
+
+    def __init__(self, loader, max_skipped: int):
+        self.loader = loader
+        self.max_skipped = int(max_skipped)
+        self.skipped = 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.skipped += int(getattr(batch, "skipped_images", 0))
+            get_event_storage().put_scalar("data/skipped_images", self.skipped,
+                                           smoothing_hint=False)
+            if self.skipped > self.max_skipped:
+                raise RuntimeError(
+                    f"{self.skipped} training images were unreadable or inconsistent and "
+                    f"skipped, more than INPUT.DATASEG.MAX_SKIPPED_IMAGES={self.max_skipped}; "
+                    "see the 'Skipping' warnings in the log for the files. Repair or re-download "
+                    "the dataset, or raise the limit."
+                )
+            yield batch
+
+
+class NonFiniteLossCheck:
+    """Forward hook of the model: raise ``FloatingPointError`` when a training loss is NaN or
+    infinite, naming the dataset of the batch, the iteration and the offending loss terms
+    (detectron2's own check names none of the first two and runs after ``backward``)."""
+
+    def __call__(self, module, args, output):
+        if not module.training or not isinstance(output, dict):
+            return
+        values = [v.detach().float().reshape(()) for v in output.values()]
+        if not values or bool(torch.isfinite(torch.stack(values)).all()):
+            return
+        bad = {k: float(v) for k, v in zip(output, values) if not math.isfinite(float(v))}
+        inputs = args[0] if args else []
+        dataset = inputs[0].get("dataset_name", "?") if inputs else "?"
+        try:
+            iteration = get_event_storage().iter
+        except AssertionError:  # called outside a trainer
+            iteration = "?"
+        raise FloatingPointError(
+            f"Non-finite loss at iteration {iteration} on dataset {dataset!r}: "
+            + ", ".join(f"{k}={v}" for k, v in bad.items())
+            + ". Resume from the last checkpoint with a lower SOLVER.BASE_LR or "
+            "SOLVER.CLIP_GRADIENTS.ENABLED True, and check this dataset's annotations "
+            "(degenerate boxes or masks)."
+        )
+
+
 class DaTaSegTrainer(DefaultTrainer):
     """``DefaultTrainer`` that builds DaTaSeg's multi-dataset loader, evaluators and optimizer.
 
-    Everything else (hooks, checkpointing, ETA/JSON/tensorboard writers, evaluation schedule)
-    is detectron2's.
+    Everything else (hooks, ETA/JSON/tensorboard writers, evaluation schedule) is
+    detectron2's; checkpoints go through :class:`DaTaSegCheckpointer` (atomic). See the
+    module docstring for the reliability policy.
     """
 
     def __init__(self, cfg):
+        check_train_config(cfg)
+        if cfg.SEED < 0:
+            # The data stream and the per-step RNG derive from the seed; a random one is drawn
+            # once (same on every rank) and stored in checkpoints so --resume reuses it.
+            seed = comm.shared_random_seed()
+            logger.info(f"SEED is {cfg.SEED}: using seed {seed} for this run.")
+            cfg = _with_seed(cfg, seed)
         with _cpu_aware_ddp():
             super().__init__(cfg)
+        # Before the first step: loads the text encoder, so absent weights fail now.
+        prepare_train_vocabularies(_unwrap(self.model), cfg.DATASETS.TRAIN, cfg.DATASETS.TEST)
+        self._step_seeder = StepSeeder(self.cfg.SEED)
+        _unwrap(self.model).register_forward_pre_hook(self._step_seeder)
+        _unwrap(self.model).register_forward_hook(NonFiniteLossCheck())
+        self._monitor_train_loader(self._trainer.data_loader)
+
+    def _monitor_train_loader(self, loader):
+        self._trainer.reset_data_loader(lambda: SkippedImagesMonitor(
+            loader, self.cfg.INPUT.DATASEG.MAX_SKIPPED_IMAGES))
+
+    @property
+    def skipped_images(self) -> int:
+        """Training images skipped so far in this process."""
+        return self._trainer.data_loader.skipped
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["seed"] = int(self.cfg.SEED)
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._checkpoint_seed = state_dict.get("seed", None)
 
     def resume_or_load(self, resume=True):
         weights = self.cfg.MODEL.WEIGHTS
@@ -69,13 +209,22 @@ class DaTaSegTrainer(DefaultTrainer):
                 "machine with internet access and pass its local path: "
                 "`MODEL.WEIGHTS /path/to/file.pkl`, or train from scratch with `MODEL.WEIGHTS \"\"`."
             ) from e
-        if self.start_iter > 0:
+        seed = getattr(self, "_checkpoint_seed", None)
+        seed_changed = seed is not None and int(seed) != self.cfg.SEED
+        if seed_changed:
+            logger.info(f"Resuming with the checkpoint's seed {seed} (config: {self.cfg.SEED}).")
+            self.cfg = _with_seed(self.cfg, seed)
+            self._step_seeder.seed = int(seed)
+        if self.start_iter > 0 or seed_changed:
             # The loader was built before the checkpoint told us where training stopped; the
-            # multi-dataset stream is a function of the iteration, so rebuild it from there.
-            self._trainer.data_loader = self.build_train_loader(self.cfg, self.start_iter)
-            self._trainer._data_loader_iter_obj = None
+            # multi-dataset stream is a function of (seed, iteration), so rebuild it from there.
+            self._monitor_train_loader(self.build_train_loader(self.cfg, self.start_iter))
 
     def build_hooks(self):
+        # DefaultTrainer.__init__ builds a plain DetectionCheckpointer just before calling this;
+        # swap it here so the PeriodicCheckpointer hook holds the atomic one.
+        self.checkpointer = DaTaSegCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables)
         hooks = super().build_hooks()
         # Before the last hook (the metrics writer) so its log lines are flushed with the rest.
         hooks.insert(len(hooks) - 1, PredictionVisualizationHook(
@@ -110,9 +259,7 @@ class DaTaSegTrainer(DefaultTrainer):
 
     def run_step(self):
         # Keep the criterion's notion of the iteration (pairwise-loss warm-up) in sync.
-        model = self._trainer.model
-        model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) \
-            else model
+        model = _unwrap(self._trainer.model)
         if hasattr(model, "iteration"):
             model.iteration = self.iter
         super().run_step()

@@ -20,6 +20,7 @@ from detectron2.evaluation import (
 )
 from detectron2.utils.file_io import PathManager
 
+from .checks import CheckedDatasetEvaluators
 from .coco import DaTaSegCOCOEvaluator
 
 __all__ = ["EVALUATOR_REGISTRY", "register_evaluator", "build_dataseg_evaluator",
@@ -117,4 +118,5 @@ def build_dataseg_evaluator(cfg, dataset_name: str,
         )
     if output_folder is None and cfg is not None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-    return DatasetEvaluators(EVALUATOR_REGISTRY[evaluator_type](dataset_name, output_folder, cfg))
+    evaluators = EVALUATOR_REGISTRY[evaluator_type](dataset_name, output_folder, cfg)
+    return CheckedDatasetEvaluators(evaluators, dataset_name)

@@ -15,5 +15,8 @@ class DaTaSegCOCOEvaluator(COCOEvaluator):
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names)
         if coco_eval is None:
+            self._logger.warning(
+                f"The model predicted nothing on any image of {self._metadata.name!r} "
+                f"({iou_type}); reporting AP 0 (detectron2 would report NaN).")
             results = {metric: 0.0 for metric in results}
         return results

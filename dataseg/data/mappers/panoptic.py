@@ -5,7 +5,7 @@ from PIL import Image
 
 from detectron2.utils.file_io import PathManager
 
-from ..catalog import DatasetValidationError
+from ..catalog import DatasetValidationError, check_panoptic_segment_ids
 from .base import DaTaSegDatasetMapper, masks_to_instances
 
 __all__ = ["PanopticDatasetMapper"]
@@ -29,7 +29,8 @@ class PanopticDatasetMapper(DaTaSegDatasetMapper):
     def read_label_maps(self, dataset_dict, image_shape):
         path = dataset_dict["pan_seg_file_name"]
         with PathManager.open(path, "rb") as f:
-            pan = _rgb_to_id(np.asarray(Image.open(f).convert("RGB")))
+            rgb = np.asarray(Image.open(f).convert("RGB"))
+        pan = _rgb_to_id(rgb)
         if pan.shape != tuple(image_shape):
             raise DatasetValidationError(
                 f"Dataset {self.dataset_name!r}: panoptic PNG {path!r} is {pan.shape} but image "
@@ -39,9 +40,16 @@ class PanopticDatasetMapper(DaTaSegDatasetMapper):
         # carry and a pad value could collide with: transform a float map of 1-based segment
         # indices plus a validity map whose padded pixels become the pad value instead.
         index = np.zeros(pan.shape, dtype=np.float32)
+        described = pan == 0  # void
         for k, seg in enumerate(dataset_dict["segments_info"]):
+            segment = pan == seg["id"]
+            described |= segment
             if not seg.get("iscrowd", 0):
-                index[pan == seg["id"]] = k + 1
+                index[segment] = k + 1
+        if not described.all():
+            # Pixels of ids the json does not list would silently become background.
+            check_panoptic_segment_ids(rgb, dataset_dict["segments_info"], path,
+                                       self.dataset_name)
         return {"index": index, "valid": np.ones(pan.shape, dtype=np.uint8)}
 
     def annotations_to_instances(self, dataset_dict, label_maps, transforms, image_shape):

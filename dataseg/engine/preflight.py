@@ -1,0 +1,80 @@
+"""Checks that run before the first training iteration, so bad input fails in seconds.
+
+Dataset files are checked where they are loaded (``build_train_loader`` loads every training
+dataset and validates a sample of its files, see ``dataseg.data.catalog``); this module covers
+what the loader cannot: names, per-dataset config lists, vocabularies and the text encoder.
+"""
+
+import difflib
+import logging
+from typing import Sequence
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from ..config import check_sampling_ratios
+from ..text.vocabulary import validate_class_names
+
+__all__ = ["check_train_config", "prepare_train_vocabularies"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_train_config(cfg) -> None:
+    """Config-level checks of a training run (cheap; no file is read).
+
+    Raises:
+        ValueError: DATASETS.TRAIN is empty, or the sampling ratios are misaligned, negative
+            or all zero.
+        KeyError: a training dataset is not registered (with the closest registered names).
+    """
+    names = list(cfg.DATASETS.TRAIN)
+    if not names:
+        raise ValueError("DATASETS.TRAIN is empty; list the datasets to train on.")
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            close = difflib.get_close_matches(name, registered, n=3)
+            raise KeyError(
+                f"Training dataset {name!r} (DATASETS.TRAIN) is not registered"
+                + (f"; did you mean {close}?" if close else ".")
+                + " `import dataseg` registers the builtin and synthetic datasets; register your "
+                "own with dataseg.data.register_*_dataset before building the trainer."
+            )
+    for name in cfg.DATASETS.TEST:
+        # Found now rather than at the first evaluation, possibly days later.
+        if name not in registered:
+            close = difflib.get_close_matches(name, registered, n=3)
+            raise KeyError(
+                f"Test dataset {name!r} (DATASETS.TEST) is not registered"
+                + (f"; did you mean {close}?" if close else ".")
+            )
+    check_sampling_ratios(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS, names)
+
+
+def prepare_train_vocabularies(model, dataset_names: Sequence[str],
+                               test_dataset_names: Sequence[str] = ()) -> None:
+    """Validate and embed the vocabulary of every training dataset now.
+
+    The model would embed each vocabulary lazily at the first batch of its dataset, possibly
+    hours into training; doing it up front surfaces an unknown task, an empty vocabulary,
+    duplicate class names and absent text-encoder weights before the first step. Test
+    vocabularies known from metadata are validated (not embedded: that happens at evaluation).
+    """
+    if not hasattr(model, "dataset_info") or not hasattr(model, "classifier"):
+        return  # not a DaTaSeg model (custom meta-architecture)
+    for name in test_dataset_names:
+        classes = MetadataCatalog.get(name).get("dataseg_classes", None)
+        if classes is not None:
+            try:
+                validate_class_names(classes)
+            except ValueError as e:
+                raise ValueError(f"Test dataset {name!r}: {e}") from e
+    for name in dataset_names:
+        info = model.dataset_info(name)  # raises on a missing/unknown task
+        try:
+            classes = validate_class_names(info["classes"])
+        except ValueError as e:
+            raise ValueError(f"Training dataset {name!r}: {e}") from e
+        if not model.classifier.has_vocabulary(name):
+            model.classifier.set_vocabulary(name, classes)
+    logger.info(f"Embedded the vocabularies of {list(dataset_names)}.")
