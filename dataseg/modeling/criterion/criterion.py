@@ -1,0 +1,495 @@
+"""``MergeCriterion``: task-specific MERGE -> Hungarian matching -> weighted losses."""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.projects.point_rend.point_features import (
+    get_uncertain_point_coords_with_randomness,
+    point_sample,
+)
+from detectron2.utils import comm
+
+from ..registry import CRITERION_REGISTRY
+from .box_losses import (
+    box_projection_targets,
+    color_similarity,
+    images_to_lab,
+    mask_projections,
+    pairwise_loss,
+    projection_dice,
+)
+from .context import CriterionContext
+from .losses import class_nll_loss, dice_loss, focal_loss
+from .matcher import HungarianMatcher
+from .merge import (
+    MERGE_MODES,
+    MergeGroups,
+    PointProbs,
+    build_merge,
+    merge_class_log_probs,
+    merge_mask_logits,
+    merge_mask_probs,
+)
+from .point_sampling import (
+    sample_binary_masks,
+    sample_shared_points,
+    sample_uncertain_points_on_grid,
+)
+
+__all__ = ["MergeCriterion", "build_criterion"]
+
+BOX_TASKS = ("box",)
+
+
+@dataclass
+class _LayerMatch:
+    """Matching result of one decoder layer (units of all images, pairs ordered by image)."""
+
+    groups: MergeGroups
+    class_log_probs: torch.Tensor  # (U, C+1), with grad
+    unit_idx: torch.Tensor  # (M,) global unit ids
+    gt_idx: torch.Tensor  # (M,) gt index within its image
+    gt_labels: torch.Tensor  # (M,) class of the matched gt
+    pair_image: torch.Tensor  # (M,) image of each pair
+    pairs_per_image: List[int]
+
+
+def _uncertainty(probs: torch.Tensor) -> torch.Tensor:
+    # Most uncertain where the (merged) probability is closest to 0.5.
+    return -(probs - 0.5).abs()
+
+
+@CRITERION_REGISTRY.register()
+class MergeCriterion(nn.Module):
+    """DaTaSeg's training criterion.
+
+    For a batch from ONE dataset, every decoder layer's proposals are (1) merged by the
+    task's MERGE rule (``MERGE_REGISTRY[context.task]``; see ``merge.py`` for the arithmetic
+    and for how background-predicted proposals are kept as individual units), (2) matched
+    one-to-one to the ground truth with the Hungarian algorithm, and (3) given the losses:
+
+    * every task: softmax cross-entropy over the dataset's classes + background (last,
+      weight ``no_object_weight``), as NLL of the merged class distribution;
+    * mask tasks (panoptic / semantic / instance): focal + dice on importance-sampled
+      points of the matched (merged) masks;
+    * box task: projection dice of the matched masks vs their boxes at the mask resolution,
+      plus the optional pairwise colour term.
+
+    Unmatched units (including every unit of an image without annotations) get the
+    background class; mask losses then have no pairs and are 0 with a gradient path, so the
+    key set per task is stable. Mask losses are divided by the number of matched pairs
+    averaged over ranks (at least 1).
+
+    Returns a dict of ALREADY weighted losses: ``loss_ce`` + (``loss_focal``, ``loss_dice``)
+    or (``loss_projection`` [+ ``loss_pairwise``]), and the same with suffix ``_<i>`` for
+    auxiliary decoder layer ``i`` when deep supervision is on.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        matcher: HungarianMatcher,
+        merge_mode: str = "clamped_sum",
+        class_weight: float = 2.0,
+        focal_weight: float = 20.0,
+        dice_weight: float = 5.0,
+        projection_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+        deep_supervision: bool = True,
+        pairwise_enabled: bool = False,
+        pairwise_weight: float = 1.0,
+        pairwise_size: int = 3,
+        pairwise_dilation: int = 2,
+        pairwise_color_thresh: float = 0.3,
+        pairwise_warmup_iters: int = 10000,
+        pixel_mean: Sequence[float] = (103.530, 116.280, 123.675),
+        pixel_std: Sequence[float] = (57.375, 57.120, 58.395),
+        input_format: str = "BGR",
+        dataset_loss_weights: Optional[Dict[str, float]] = None,
+        gt_sample_mode: str = "nearest",
+        point_sampler: str = "grid",
+    ):
+        """
+        Args:
+            matcher: the Hungarian matcher (cost weights).
+            merge_mode: mask merge arithmetic, one of ``MERGE_MODES``.
+            class_weight, focal_weight, dice_weight, projection_weight: loss weights.
+            no_object_weight: CE weight of the background class.
+            focal_alpha, focal_gamma: focal loss parameters.
+            num_points, oversample_ratio, importance_sample_ratio: point sampling of the mask
+                losses (PointRend importance sampling); ``num_points`` shared points also
+                estimate the matching cost.
+            deep_supervision: also match and supervise every ``outputs["aux_outputs"]`` layer.
+            pairwise_*: the optional BoxInst-style colour-affinity term for box data; its
+                weight ramps linearly from 0 over ``pairwise_warmup_iters`` iterations.
+            pixel_mean, pixel_std, input_format: to recover colours from normalised images
+                (pairwise term only).
+            dataset_loss_weights: multiplier of every loss of a dataset, by dataset name
+                (missing names: 1.0).
+            gt_sample_mode: how ground-truth masks (4x the prediction resolution) are read at
+                the sampled points: "nearest" (default: one byte read per point, 4x cheaper)
+                or "bilinear" (= ``point_sample`` of the float masks, as Mask2Former).
+            point_sampler: importance sampling of the loss points: "grid" (default,
+                ``sample_uncertain_points_on_grid``: same distribution, several times faster
+                on CPU) or "detectron2" (``get_uncertain_point_coords_with_randomness``).
+        """
+        super().__init__()
+        if merge_mode not in MERGE_MODES:
+            raise ValueError(f"MERGE_MODE must be one of {MERGE_MODES}, got {merge_mode!r}")
+        self.matcher = matcher
+        self.merge_mode = merge_mode
+        self.class_weight = class_weight
+        self.focal_weight = focal_weight
+        self.dice_weight = dice_weight
+        self.projection_weight = projection_weight
+        self.no_object_weight = no_object_weight
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.deep_supervision = deep_supervision
+        self.pairwise_enabled = pairwise_enabled
+        self.pairwise_weight = pairwise_weight
+        self.pairwise_size = pairwise_size
+        self.pairwise_dilation = pairwise_dilation
+        self.pairwise_color_thresh = pairwise_color_thresh
+        self.pairwise_warmup_iters = pairwise_warmup_iters
+        self.pixel_mean = tuple(pixel_mean)
+        self.pixel_std = tuple(pixel_std)
+        self.input_format = input_format
+        self.dataset_loss_weights = dict(dataset_loss_weights or {})
+        self.gt_sample_mode = gt_sample_mode
+        if point_sampler not in ("grid", "detectron2"):
+            raise ValueError(f"point_sampler must be 'grid' or 'detectron2', got {point_sampler!r}")
+        self.point_sampler = point_sampler
+
+    @classmethod
+    def from_config(cls, cfg):
+        c = cfg.MODEL.DATASEG.CRITERION
+        matcher = HungarianMatcher(
+            cost_class=c.COST_CLASS,
+            cost_focal=c.COST_FOCAL,
+            cost_dice=c.COST_DICE,
+            cost_projection=c.COST_PROJECTION,
+            focal_alpha=c.FOCAL_ALPHA,
+            focal_gamma=c.FOCAL_GAMMA,
+        )
+        weights = list(c.DATASET_LOSS_WEIGHTS)
+        train = list(cfg.DATASETS.TRAIN)
+        if weights and len(weights) != len(train):
+            raise ValueError(
+                f"MODEL.DATASEG.CRITERION.DATASET_LOSS_WEIGHTS has {len(weights)} entries but "
+                f"DATASETS.TRAIN has {len(train)} ({train}); give one per dataset or none."
+            )
+        return {
+            "matcher": matcher,
+            "merge_mode": c.MERGE_MODE,
+            "class_weight": c.CLASS_WEIGHT,
+            "focal_weight": c.FOCAL_WEIGHT,
+            "dice_weight": c.DICE_WEIGHT,
+            "projection_weight": c.PROJECTION_WEIGHT,
+            "no_object_weight": c.NO_OBJECT_WEIGHT,
+            "focal_alpha": c.FOCAL_ALPHA,
+            "focal_gamma": c.FOCAL_GAMMA,
+            "num_points": c.TRAIN_NUM_POINTS,
+            "oversample_ratio": c.OVERSAMPLE_RATIO,
+            "importance_sample_ratio": c.IMPORTANCE_SAMPLE_RATIO,
+            "deep_supervision": c.DEEP_SUPERVISION,
+            "pairwise_enabled": c.PAIRWISE.ENABLED,
+            "pairwise_weight": c.PAIRWISE.WEIGHT,
+            "pairwise_size": c.PAIRWISE.SIZE,
+            "pairwise_dilation": c.PAIRWISE.DILATION,
+            "pairwise_color_thresh": c.PAIRWISE.COLOR_THRESH,
+            "pairwise_warmup_iters": c.PAIRWISE.WARMUP_ITERS,
+            "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": list(cfg.MODEL.PIXEL_STD),
+            "input_format": cfg.INPUT.FORMAT,
+            "dataset_loss_weights": dict(zip(train, (float(w) for w in weights))),
+        }
+
+    # --------------------------------------------------------------------------------------
+    def forward(
+        self, outputs: Dict, targets: List[Dict], context: CriterionContext
+    ) -> Dict[str, torch.Tensor]:
+        merge_fn = build_merge(context.task)
+        box_task = context.task in BOX_TASKS
+        layers = [(outputs, "")]
+        if self.deep_supervision:
+            layers += [(aux, f"_{i}") for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        B, Q, C1 = outputs["pred_logits"].shape
+        h, w = outputs["pred_masks"].shape[-2:]
+        self._check_targets(targets, B, C1 - 1, box_task, context)
+        device = outputs["pred_logits"].device
+        is_thing = context.is_thing.to(device) if context.is_thing is not None else None
+
+        # Ground truth prepared once and shared by all layers: matching points (and the GT at
+        # them) for mask tasks, box projections for the box task.
+        if box_task:
+            H, W = self._padded_size(targets, context, h, w)
+            gt_prep = [box_projection_targets(t["boxes"].to(device), (h, w), (H, W)) for t in targets]
+            match_coords = None
+        else:
+            match_coords = torch.rand(self.num_points, 2, device=device)
+            gt_prep = [
+                sample_binary_masks(
+                    t["masks"], torch.arange(len(t["masks"]), device=device), match_coords,
+                    self.gt_sample_mode,
+                )
+                for t in targets
+            ]
+
+        matches = []
+        # Box data: max-projections of all proposals, computed once with grad and shared by
+        # matching (detached) and the loss (matched rows).
+        layers = [
+            ({**layer, "_projections": mask_projections(layer["pred_masks"].float().flatten(0, 1))}
+             if box_task else layer, suffix)
+            for layer, suffix in layers
+        ]
+        for layer, _ in layers:
+            groups = merge_fn(layer["pred_logits"], is_thing)
+            if box_task and groups.has_merges:
+                raise ValueError(
+                    f"Task {context.task!r} is box-supervised; its MERGE must not merge."
+                )
+            matches.append(self._match(layer, groups, targets, gt_prep, match_coords, box_task))
+
+        counts = torch.tensor(
+            [float(m.unit_idx.numel()) for m in matches], device=device
+        )
+        if comm.get_world_size() > 1:
+            torch.distributed.all_reduce(counts)
+            counts = counts / comm.get_world_size()
+        norms = counts.clamp(min=1.0)
+
+        pair_sim = None
+        if box_task and self.pairwise_enabled:
+            pair_sim = self._color_similarity(context, w)
+        multiplier = self.dataset_loss_weights.get(context.dataset_name, 1.0)
+        losses = {}
+        for (layer, suffix), match, norm in zip(layers, matches, norms):
+            if box_task:
+                layer_losses = self._box_losses(layer, match, targets, gt_prep, norm, pair_sim, context)
+            else:
+                layer_losses = self._mask_losses(layer, match, targets, norm)
+            layer_losses["loss_ce"] = self.class_weight * self._class_loss(match)
+            for k, v in layer_losses.items():
+                losses[k + suffix] = v * multiplier if multiplier != 1.0 else v
+        return losses
+
+    # --------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_targets(targets, B, C, box_task, context):
+        if len(targets) != B:
+            raise ValueError(f"Got {len(targets)} targets for a batch of {B} images.")
+        key = "boxes" if box_task else "masks"
+        for i, t in enumerate(targets):
+            if t.get(key) is None:
+                raise ValueError(
+                    f"Task {context.task!r} of dataset {context.dataset_name!r} needs target "
+                    f"'{key}', but image {i} has none."
+                )
+            labels = t["labels"]
+            if labels.numel() and (int(labels.max()) >= C or int(labels.min()) < 0):
+                raise ValueError(
+                    f"Target labels of image {i} lie outside 0..{C - 1} (the vocabulary of "
+                    f"{context.dataset_name!r}); the logits have {C} classes + background."
+                )
+
+    @staticmethod
+    def _padded_size(targets, context, h, w):
+        for t in targets:
+            if t.get("masks") is not None:
+                return tuple(t["masks"].shape[-2:])
+        if context.images is not None:
+            return tuple(context.images.shape[-2:])
+        # Masks are predicted at stride 4 of the padded image (docs/interfaces.md).
+        return (4 * h, 4 * w)
+
+    def _match(self, layer, groups, targets, gt_prep, match_coords, box_task) -> _LayerMatch:
+        logits = layer["pred_logits"]
+        masks = layer["pred_masks"]
+        B, Q, C1 = logits.shape
+        class_logp = merge_class_log_probs(
+            logits.reshape(B * Q, C1), groups.unit_of_query, groups.num_units
+        )
+        offsets = groups.image_offsets()
+        with torch.no_grad():
+            clp = class_logp.detach()
+            if box_task:
+                px, py = (v.detach() for v in layer["_projections"])
+            else:
+                point_logits = sample_shared_points(masks.detach().float(), match_coords)
+                pp = merge_mask_logits(
+                    point_logits.flatten(0, 1),
+                    groups.unit_of_query,
+                    groups.num_units,
+                    self.merge_mode,
+                    single_member=groups.unit_size == 1,
+                    unit_rep_member=groups.unit_rep,
+                )
+            unit_idx, gt_idx, gt_labels, pair_image, per_image = [], [], [], [], []
+            for b, t in enumerate(targets):
+                s, e = offsets[b], offsets[b + 1]
+                labels = t["labels"].to(logits.device)
+                if labels.numel() == 0 or e == s:
+                    per_image.append(0)
+                    continue
+                if box_task:
+                    bx, by = gt_prep[b]
+                    cost = self.matcher.box_cost(clp[s:e], px[s:e], py[s:e], labels, bx, by)
+                else:
+                    unit_pp = PointProbs(*(v[s:e] for v in pp))
+                    cost = self.matcher.mask_cost(clp[s:e], unit_pp, labels, gt_prep[b])
+                rows, cols = self.matcher.assign(cost)
+                unit_idx.append(rows + s)
+                gt_idx.append(cols)
+                gt_labels.append(labels[cols])
+                pair_image.append(torch.full_like(rows, b))
+                per_image.append(rows.numel())
+        empty = torch.zeros(0, dtype=torch.long, device=logits.device)
+        cat = lambda xs: torch.cat(xs) if xs else empty  # noqa: E731
+        return _LayerMatch(
+            groups,
+            class_logp,
+            cat(unit_idx),
+            cat(gt_idx),
+            cat(gt_labels),
+            cat(pair_image),
+            per_image,
+        )
+
+    def _class_loss(self, match: _LayerMatch) -> torch.Tensor:
+        num_classes = match.class_log_probs.shape[-1] - 1
+        target = torch.full(
+            (match.groups.num_units,), num_classes, dtype=torch.long,
+            device=match.class_log_probs.device,
+        )
+        target[match.unit_idx] = match.gt_labels
+        return class_nll_loss(match.class_log_probs, target, self.no_object_weight)
+
+    def _mask_losses(self, layer, match: _LayerMatch, targets, norm) -> Dict[str, torch.Tensor]:
+        masks = layer["pred_masks"].float()
+        M = match.unit_idx.numel()
+        if M == 0:
+            zero = masks.sum() * 0.0
+            return {"loss_focal": zero, "loss_dice": zero}
+        groups = match.groups
+        pair_of_unit = torch.full((groups.num_units,), -1, dtype=torch.long, device=masks.device)
+        pair_of_unit[match.unit_idx] = torch.arange(M, device=masks.device)
+        member_pair = pair_of_unit[groups.unit_of_query]
+        members = (member_pair >= 0).nonzero().squeeze(1)
+        member_pair = member_pair[members]
+        member_logits = masks.flatten(0, 1)[members]  # (Nm, h, w)
+        with torch.no_grad():
+            if groups.has_merges:
+                merged = merge_mask_probs(
+                    torch.sigmoid(member_logits), member_pair, M, self.merge_mode
+                )
+            else:
+                # Units are single proposals: |logit| orders uncertainty like |p - 0.5|.
+                merged = torch.empty_like(member_logits)
+                merged[member_pair] = member_logits
+                merged = torch.sigmoid(merged)
+            coords = self._sample_points(merged)
+            gt_points = []
+            start = 0
+            for b, n in enumerate(match.pairs_per_image):
+                if n == 0:
+                    continue
+                gt_points.append(
+                    sample_binary_masks(
+                        targets[b]["masks"],
+                        match.gt_idx[start:start + n],
+                        coords[start:start + n],
+                        self.gt_sample_mode,
+                    )
+                )
+                start += n
+            gt_points = torch.cat(gt_points)
+        point_logits = point_sample(
+            member_logits[:, None], coords[member_pair], align_corners=False
+        )[:, 0]
+        pp = merge_mask_logits(point_logits, member_pair, M, self.merge_mode)
+        focal = focal_loss(pp, gt_points, self.focal_alpha, self.focal_gamma).sum() / norm
+        dice = dice_loss(pp.prob, gt_points).sum() / norm
+        return {"loss_focal": self.focal_weight * focal, "loss_dice": self.dice_weight * dice}
+
+    def _sample_points(self, merged_probs: torch.Tensor) -> torch.Tensor:
+        if self.point_sampler == "grid":
+            return sample_uncertain_points_on_grid(
+                _uncertainty(merged_probs),
+                self.num_points,
+                self.oversample_ratio,
+                self.importance_sample_ratio,
+            )
+        return get_uncertain_point_coords_with_randomness(
+            merged_probs[:, None],
+            _uncertainty,
+            self.num_points,
+            self.oversample_ratio,
+            self.importance_sample_ratio,
+        )
+
+    def _box_losses(
+        self, layer, match: _LayerMatch, targets, gt_prep, norm, pair_sim, context
+    ) -> Dict[str, torch.Tensor]:
+        masks = layer["pred_masks"].float()
+        M = match.unit_idx.numel()
+        out = {}
+        if M == 0:
+            zero = masks.sum() * 0.0
+            out["loss_projection"] = zero
+            if self.pairwise_enabled:
+                out["loss_pairwise"] = zero
+            return out
+        # Box units are the queries themselves (no merge), in flattened query order.
+        px, py = (v[match.unit_idx] for v in layer["_projections"])
+        bx = torch.cat([gt_prep[b][0][match.gt_idx[match.pair_image == b]]
+                        for b in range(len(targets)) if match.pairs_per_image[b]])
+        by = torch.cat([gt_prep[b][1][match.gt_idx[match.pair_image == b]]
+                        for b in range(len(targets)) if match.pairs_per_image[b]])
+        proj = (projection_dice(px, bx) + projection_dice(py, by)).sum() / norm
+        out["loss_projection"] = self.projection_weight * proj
+        if self.pairwise_enabled:
+            warmup = min(1.0, float(context.iteration) / max(1, self.pairwise_warmup_iters))
+            box_masks = by[:, :, None] * bx[:, None, :]
+            pw = pairwise_loss(
+                masks.flatten(0, 1)[match.unit_idx],
+                pair_sim[match.pair_image],
+                box_masks,
+                self.pairwise_color_thresh,
+                self.pairwise_size,
+                self.pairwise_dilation,
+            )
+            out["loss_pairwise"] = self.pairwise_weight * warmup * pw
+        return out
+
+    def _color_similarity(self, context: CriterionContext, mask_width: int) -> torch.Tensor:
+        if context.images is None:
+            raise ValueError(
+                "MODEL.DATASEG.CRITERION.PAIRWISE.ENABLED needs context.images (the normalised "
+                "padded images); the meta-architecture must pass them in CriterionContext."
+            )
+        with torch.no_grad():
+            stride = max(1, context.images.shape[-1] // mask_width)
+            lab = images_to_lab(
+                context.images, self.pixel_mean, self.pixel_std, self.input_format, stride
+            )
+            return color_similarity(lab, self.pairwise_size, self.pairwise_dilation)
+
+
+def build_criterion(cfg) -> nn.Module:
+    """Build the criterion named by ``MODEL.DATASEG.CRITERION.NAME``."""
+    return CRITERION_REGISTRY.get(cfg.MODEL.DATASEG.CRITERION.NAME)(cfg)

@@ -1,0 +1,111 @@
+"""Multi-scale deformable attention module (Deformable DETR) on the pure-PyTorch op."""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .ms_deform_attn_func import MSDA_IMPLEMENTATIONS, ms_deform_attn
+
+__all__ = ["MSDeformAttn", "resolve_msda_impl"]
+
+# Names accepted in MODEL.DATASEG.PIXEL_DECODER.MSDA_IMPL besides the implementation names.
+_ALIASES = {"pytorch": "embedding_bag"}
+
+
+def resolve_msda_impl(name: str, device: torch.device = None) -> str:
+    """Map a configured implementation name to one of ``MSDA_IMPLEMENTATIONS``.
+
+    ``"auto"`` chooses by device. Only pure-PyTorch paths exist today, and the
+    embedding-bag path is the fastest one measured on CPU and runs on GPU too, so every
+    device maps to it; a compiled kernel would be selected here by ``device.type``.
+    """
+    name = _ALIASES.get(name, name)
+    if name == "auto":
+        return "embedding_bag"
+    if name not in MSDA_IMPLEMENTATIONS:
+        raise ValueError(
+            f"MSDA_IMPL {name!r} is unknown; use 'auto', 'pytorch' or one of "
+            f"{sorted(MSDA_IMPLEMENTATIONS)}."
+        )
+    return name
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention: each query reads P points per head and level.
+
+    Args:
+        d_model: channel width of queries and values.
+        n_levels: number of feature levels L.
+        n_heads: attention heads M (``d_model`` must be divisible by it).
+        n_points: sampling points P per head and level.
+        impl: "auto", "pytorch", "embedding_bag" or "grid_sample" (see ``resolve_msda_impl``).
+    """
+
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, impl="auto"):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = (
+            d_model, n_levels, n_heads, n_points)
+        self.impl = impl
+        resolve_msda_impl(impl)  # fail at construction, not at the first forward
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # Start with points spread on rings around the reference, one direction per head
+        # and growing with the point index: every head looks somewhere different at init.
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        directions = torch.stack([angles.cos(), angles.sin()], -1)
+        directions = directions / directions.abs().max(-1, keepdim=True).values
+        rings = torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        bias = directions.view(self.n_heads, 1, 1, 2) * rings
+        bias = bias.expand(self.n_heads, self.n_levels, self.n_points, 2)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(bias.reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for layer in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, query, reference_points, value, spatial_shapes, padding_mask=None):
+        """
+        Args:
+            query: (B, Q, C).
+            reference_points: (B, Q, L, 2) normalised (x, y) reference of each query per level.
+            value: (B, S, C) flattened multi-level input, S = sum_l H_l * W_l.
+            spatial_shapes: list of (H_l, W_l) or an (L, 2) int tensor.
+            padding_mask: optional (B, S) bool, True where ``value`` is padding (zeroed).
+
+        Returns:
+            (B, Q, C)
+        """
+        B, Q, _ = query.shape
+        S = value.shape[1]
+        M, L, P = self.n_heads, self.n_levels, self.n_points
+        if isinstance(spatial_shapes, torch.Tensor):
+            shapes = [tuple(int(v) for v in hw) for hw in spatial_shapes.tolist()]
+        else:
+            shapes = [tuple(hw) for hw in spatial_shapes]
+        v = self.value_proj(value)
+        if padding_mask is not None:
+            v = v.masked_fill(padding_mask[..., None], 0.0)
+        v = v.view(B, S, M, self.d_model // M)
+        offsets = self.sampling_offsets(query).view(B, Q, M, L, P, 2)
+        weights = F.softmax(self.attention_weights(query).view(B, Q, M, L * P), -1)
+        weights = weights.view(B, Q, M, L, P)
+        # Offsets are in pixels of each level: divide by (W_l, H_l) to normalise.
+        normaliser = torch.tensor(
+            [[w, h] for h, w in shapes], device=query.device, dtype=query.dtype
+        ).view(1, 1, 1, L, 1, 2)
+        locations = reference_points[:, :, None, :, None, :] + offsets / normaliser
+        impl = resolve_msda_impl(self.impl, query.device)
+        out = ms_deform_attn(v, shapes, locations, weights, impl=impl)
+        return self.output_proj(out)

@@ -1,0 +1,183 @@
+"""Per-task inference: turn (class logits, mask logits) of one image into detectron2 outputs.
+
+Every function takes ONE image's predictions at mask resolution (stride 4 of the padded
+batch) and returns results at the original ``height x width``. Work that is linear in the
+masks (semantic scores) is done at mask resolution and upsampled once; decisions that need
+sharp boundaries (panoptic pixel assignment, instance binarisation and boxes) upsample only
+the masks they keep.
+"""
+
+from typing import List, Sequence, Tuple
+
+import torch
+from torch.nn import functional as F
+
+from detectron2.structures import Boxes, Instances
+
+__all__ = [
+    "resize_to_original",
+    "semantic_inference",
+    "panoptic_inference",
+    "instance_inference",
+    "masks_to_boxes",
+    "TEST_OUTPUTS",
+]
+
+TEST_OUTPUTS = ("sem_seg", "panoptic_seg", "instances")
+
+
+def resize_to_original(x: torch.Tensor, stride: int, image_size: Tuple[int, int],
+                       out_size: Tuple[int, int]) -> torch.Tensor:
+    """Map stride-``stride`` maps of a padded image to the original image size.
+
+    Equivalent to "upsample to the padded input, crop the padding to ``image_size``, resize
+    to ``out_size``", done as ONE bilinear interpolation whose scale maps output pixels
+    straight to mask-resolution coordinates, then a crop.
+
+    Args:
+        x: (N, h, w) or (N, C, h, w) maps at the padded mask resolution.
+        stride: input pixels per map pixel.
+        image_size: (h, w) of the unpadded network input.
+        out_size: (height, width) wanted.
+    """
+    squeeze = x.dim() == 3
+    if squeeze:
+        x = x[None]
+    height, width = out_size
+    scale_y = stride * height / image_size[0]
+    scale_x = stride * width / image_size[1]
+    # Only the rows/cols that map inside the unpadded image are interpolated.
+    need_h = min(x.shape[-2], int(image_size[0] / stride) + 2)
+    need_w = min(x.shape[-1], int(image_size[1] / stride) + 2)
+    x = x[..., :need_h, :need_w]
+    y = F.interpolate(x, scale_factor=(scale_y, scale_x), mode="bilinear",
+                      align_corners=False, recompute_scale_factor=False)
+    y = y[..., :height, :width]
+    if y.shape[-2] < height or y.shape[-1] < width:  # float rounding of the output size
+        y = F.pad(y, (0, width - y.shape[-1], 0, height - y.shape[-2]), mode="replicate")
+    return y[0] if squeeze else y
+
+
+def semantic_inference(cls_logits, mask_logits, stride, image_size, out_size):
+    """(C, height, width) scores: sum_q softmax(class)_q[c] * sigmoid(mask_q).
+
+    Args:
+        cls_logits: (Q, C+1), background last.
+        mask_logits: (Q, h, w) at mask resolution.
+    """
+    probs = F.softmax(cls_logits, dim=-1)[:, :-1]
+    scores = torch.einsum("qc,qhw->chw", probs, mask_logits.sigmoid())
+    return resize_to_original(scores, stride, image_size, out_size)
+
+
+def panoptic_inference(cls_logits, mask_logits, stride, image_size, out_size,
+                       is_thing: Sequence[bool], object_mask_threshold: float,
+                       overlap_threshold: float):
+    """MaskFormer-style panoptic merge.
+
+    Queries whose best class is not background and scores above ``object_mask_threshold``
+    compete per pixel by score x mask probability; a segment survives if it keeps at least
+    ``overlap_threshold`` of its own (prob >= 0.5) area and is non-empty; all segments of
+    one stuff class share one id.
+
+    Returns:
+        (panoptic_seg (height, width) int32, segments_info list of dicts with ``id``,
+        ``category_id`` (contiguous), ``isthing``).
+    """
+    height, width = out_size
+    probs = F.softmax(cls_logits, dim=-1)
+    num_classes = probs.shape[-1] - 1
+    scores, labels = probs.max(-1)
+    keep = (labels != num_classes) & (scores > object_mask_threshold)
+    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_logits.device)
+    segments_info: List[dict] = []
+    if not keep.any():
+        return panoptic_seg, segments_info
+    scores, labels = scores[keep], labels[keep]
+    masks = resize_to_original(mask_logits[keep], stride, image_size, out_size).sigmoid()
+    owner = (masks * scores[:, None, None]).argmax(0)  # (height, width) index into kept
+    own = masks >= 0.5
+    original_area = own.flatten(1).sum(1)
+    assigned = owner[None] == torch.arange(masks.shape[0], device=owner.device)[:, None, None]
+    visible = assigned & own
+    visible_area = visible.flatten(1).sum(1)
+    assigned_area = assigned.flatten(1).sum(1)
+    stuff_ids = {}
+    next_id = 1
+    for k in range(masks.shape[0]):
+        area = int(visible_area[k])
+        if area == 0 or int(original_area[k]) == 0 or int(assigned_area[k]) == 0:
+            continue
+        if int(assigned_area[k]) / int(original_area[k]) < overlap_threshold:
+            continue
+        cls = int(labels[k])
+        thing = bool(is_thing[cls])
+        if not thing and cls in stuff_ids:
+            panoptic_seg[visible[k]] = stuff_ids[cls]
+            continue
+        panoptic_seg[visible[k]] = next_id
+        if not thing:
+            stuff_ids[cls] = next_id
+        segments_info.append({"id": next_id, "category_id": cls, "isthing": thing})
+        next_id += 1
+    return panoptic_seg, segments_info
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight XYXY boxes (pixel edges, exclusive max) of binary masks (N, H, W); empty -> 0."""
+    if masks.numel() == 0:
+        return masks.new_zeros((masks.shape[0], 4), dtype=torch.float32)
+    rows = masks.any(2)  # (N, H)
+    cols = masks.any(1)  # (N, W)
+    H, W = masks.shape[-2:]
+    y_idx = torch.arange(H, device=masks.device)
+    x_idx = torch.arange(W, device=masks.device)
+    big = max(H, W) + 1
+    y0 = torch.where(rows, y_idx, big).min(1).values
+    y1 = torch.where(rows, y_idx, -1).max(1).values + 1
+    x0 = torch.where(cols, x_idx, big).min(1).values
+    x1 = torch.where(cols, x_idx, -1).max(1).values + 1
+    boxes = torch.stack([x0, y0, x1, y1], 1).float()
+    boxes[~rows.any(1)] = 0
+    return boxes
+
+
+def instance_inference(cls_logits, mask_logits, stride, image_size, out_size,
+                       is_thing: Sequence[bool], instances_per_image: int) -> Instances:
+    """Top-k (query, class) pairs as detectron2 ``Instances`` with masks and real boxes.
+
+    Score = class probability x mean mask probability inside the binarised mask. Only thing
+    classes are ranked (for panoptic vocabularies, stuff is not an instance).
+    """
+    height, width = out_size
+    probs = F.softmax(cls_logits, dim=-1)[:, :-1]  # (Q, C)
+    num_queries, num_classes = probs.shape
+    thing = torch.as_tensor(list(is_thing), dtype=torch.bool, device=probs.device)
+    if not thing.all():
+        probs = probs.masked_fill(~thing[None, :], -1.0)
+    k = min(instances_per_image, int(thing.sum()) * num_queries)
+    top_scores, top_idx = probs.flatten().topk(k, sorted=True)
+    query_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
+    classes = top_idx % num_classes
+    # Upsample each selected query once even if it is paired with several classes, in
+    # chunks: full-resolution float masks of all queries are the largest temporaries of
+    # inference, and chunks small enough for the allocator to reuse avoid page faults.
+    unique_q, inverse = torch.unique(query_idx, return_inverse=True)
+    binary = torch.empty((len(unique_q), height, width), dtype=torch.bool,
+                         device=mask_logits.device)
+    mask_score = mask_logits.new_empty(len(unique_q))
+    chunk = max(1, (4 << 20) // max(1, height * width))  # ~16 MB of float32 per chunk
+    for start in range(0, len(unique_q), chunk):
+        q = unique_q[start:start + chunk]
+        logits_hw = resize_to_original(mask_logits[q], stride, image_size, out_size)
+        torch.gt(logits_hw, 0, out=binary[start:start + chunk])  # sigmoid > 0.5
+        inside = binary[start:start + chunk]
+        probs_in = logits_hw.sigmoid_().mul_(inside)
+        mask_score[start:start + chunk] = (
+            probs_in.flatten(1).sum(1) / (inside.flatten(1).sum(1) + 1e-6))
+    result = Instances((height, width))
+    result.pred_masks = binary[inverse]
+    result.pred_boxes = Boxes(masks_to_boxes(binary)[inverse])
+    result.scores = top_scores * mask_score[inverse]
+    result.pred_classes = classes
+    return result
