@@ -9,7 +9,7 @@ export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 OUTPUT ?= output/quickstart
 TRAIN_ARGS ?=
 
-.PHONY: setup train test data bench clean
+.PHONY: setup train test data bench claims clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -19,13 +19,17 @@ data: setup
 
 train: data
 	$(PY) train_net.py --config-file configs/tiny/DaTaSeg-tiny.yaml --num-gpus 1 \
+		TEST.DATASEG.NUM_VISUALIZATIONS 4 \
 		OUTPUT_DIR $(OUTPUT) $(TRAIN_ARGS)
 
 test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup
-	$(PY) benchmarks/model_bench.py
+	$(PY) benchmarks/run_benchmarks.py --output output/benchmarks.json
+
+claims: data
+	$(PY) projects/small_scale_claims/run_claims.py --output-dir output/claims
 
 clean:
 	rm -rf output .pytest_cache

@@ -103,6 +103,8 @@ def add_dataseg_config(cfg):
     # Merge arithmetic (not in the paper): "clamped_sum" = min(1, sum of member mask probs),
     # "max" = per-pixel max, "soft_union" = 1 - prod(1 - p). Class = mean of member softmaxes.
     D.CRITERION.MERGE_MODE = "clamped_sum"
+    # False = no MERGE for any task (proposals matched one by one): the MERGE ablation.
+    D.CRITERION.MERGE_ENABLED = True
     D.CRITERION.DEEP_SUPERVISION = True
     D.CRITERION.NO_OBJECT_WEIGHT = 0.1
     # Loss weights (not in the paper).

@@ -195,3 +195,20 @@ def test_detectron2_point_sampler_and_bilinear_gt_options():
     crit = _criterion(point_sampler="detectron2", gt_sample_mode="bilinear")
     losses = crit(_outputs(), _targets(), _context("panoptic"))
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_merge_disabled_matches_proposals_one_by_one():
+    """MERGE_ENABLED False (the ablation): a semantic batch is matched like instance data."""
+    out = _outputs(aux=1, seed=3)
+    # Several proposals predict class 2 so that the semantic MERGE really merges something.
+    with torch.no_grad():
+        out["pred_logits"][:, :3, 2] += 10.0
+    torch.manual_seed(0)
+    no_merge = _criterion(merge_enabled=False)(out, _targets(), _context("semantic"))
+    torch.manual_seed(0)
+    as_instance = _criterion()(out, _targets(), _context("instance"))
+    torch.manual_seed(0)
+    merged = _criterion()(out, _targets(), _context("semantic"))
+    for key in no_merge:
+        assert torch.allclose(no_merge[key], as_instance[key])
+    assert not torch.allclose(no_merge["loss_ce"], merged["loss_ce"])

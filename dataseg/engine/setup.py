@@ -19,11 +19,17 @@ def get_dataseg_cfg(config_file: str = "", opts=(), check: bool = True):
         config_file: yaml path ("" keeps the defaults).
         opts: flat ``[KEY, VALUE, ...]`` list, as given on the command line.
         check: run :func:`check_dataseg_config` (refuses non-DaTaSeg configs).
+
+    ``MODEL.DEVICE`` "cuda" (detectron2's default) becomes "cpu" when no GPU is present.
     """
     cfg = add_dataseg_config(get_cfg())
     if config_file:
         merge_dataseg_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE == "cuda" and not _cuda_available():
+        # Users without a GPU should not need to know detectron2's default is "cuda".
+        logging.getLogger(__name__).warning("No CUDA device: running on the CPU.")
+        cfg.MODEL.DEVICE = "cpu"
     if check:
         check_dataseg_config(cfg)
     return cfg
@@ -32,10 +38,6 @@ def get_dataseg_cfg(config_file: str = "", opts=(), check: bool = True):
 def setup(args):
     """Build, freeze and log the config of a ``default_argument_parser`` run."""
     cfg = get_dataseg_cfg(args.config_file, args.opts)
-    if cfg.MODEL.DEVICE == "cuda" and not _cuda_available():
-        # Users without a GPU should not need to know detectron2's default is "cuda".
-        logging.getLogger(__name__).warning("No CUDA device: running on the CPU.")
-        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
     # default_setup only configures detectron2's loggers; DaTaSeg logs under "dataseg".

@@ -109,8 +109,6 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="dataseg")
     cfg = get_dataseg_cfg(args.config_file, args.opts)
-    if cfg.MODEL.DEVICE == "cuda" and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
     classes, isthing = resolve_vocabulary(args)
     images = list_images(args.input)
     model = load_model(cfg)

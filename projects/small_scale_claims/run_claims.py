@@ -24,7 +24,7 @@ from collections import OrderedDict
 from detectron2.utils.logger import setup_logger
 
 import dataseg  # noqa: F401  (registers datasets and the model)
-from dataseg.data.synthetic import default_root, generate_synthetic_datasets
+from dataseg.data.synthetic import default_synthetic_root, generate_synthetic_datasets
 from dataseg.engine import DaTaSegTrainer, get_dataseg_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -99,8 +99,7 @@ def main(argv=None):
 
     setup_logger(name="dataseg")
     setup_logger(name="detectron2")
-    root = default_root()
-    generate_synthetic_datasets(root)  # no-op when the data is already there
+    generate_synthetic_datasets(default_synthetic_root())  # no-op when it is already there
 
     rows = OrderedDict()
     for name, train_sets, iters, opts in experiments(args.iters_per_dataset):

@@ -95,6 +95,7 @@ class MergeCriterion(nn.Module):
         *,
         matcher: HungarianMatcher,
         merge_mode: str = "clamped_sum",
+        merge_enabled: bool = True,
         class_weight: float = 2.0,
         focal_weight: float = 20.0,
         dice_weight: float = 5.0,
@@ -123,6 +124,8 @@ class MergeCriterion(nn.Module):
         Args:
             matcher: the Hungarian matcher (cost weights).
             merge_mode: mask merge arithmetic, one of ``MERGE_MODES``.
+            merge_enabled: False replaces every task's MERGE by the identity (proposals are
+                matched one by one, as in Mask2Former): the ablation of DaTaSeg's MERGE.
             class_weight, focal_weight, dice_weight, projection_weight: loss weights.
             no_object_weight: CE weight of the background class.
             focal_alpha, focal_gamma: focal loss parameters.
@@ -148,6 +151,7 @@ class MergeCriterion(nn.Module):
             raise ValueError(f"MERGE_MODE must be one of {MERGE_MODES}, got {merge_mode!r}")
         self.matcher = matcher
         self.merge_mode = merge_mode
+        self.merge_enabled = merge_enabled
         self.class_weight = class_weight
         self.focal_weight = focal_weight
         self.dice_weight = dice_weight
@@ -195,6 +199,7 @@ class MergeCriterion(nn.Module):
         return {
             "matcher": matcher,
             "merge_mode": c.MERGE_MODE,
+            "merge_enabled": c.MERGE_ENABLED,
             "class_weight": c.CLASS_WEIGHT,
             "focal_weight": c.FOCAL_WEIGHT,
             "dice_weight": c.DICE_WEIGHT,
@@ -222,7 +227,7 @@ class MergeCriterion(nn.Module):
     def forward(
         self, outputs: Dict, targets: List[Dict], context: CriterionContext
     ) -> Dict[str, torch.Tensor]:
-        merge_fn = build_merge(context.task)
+        merge_fn = build_merge(context.task if self.merge_enabled else "instance")
         box_task = context.task in BOX_TASKS
         layers = [(outputs, "")]
         if self.deep_supervision:
