@@ -16,15 +16,12 @@ Reliability policy (what a multi-day job on a shared cluster can count on):
 
 import contextlib
 import logging
-import math
 from collections import OrderedDict
 
-import numpy as np
 import torch
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
 
 from ..data import build_dataseg_test_loader, build_dataseg_train_loader
 from ..evaluation import build_dataseg_evaluator
@@ -32,6 +29,7 @@ from .checkpoint import DaTaSegCheckpointer
 from .optimizer import build_dataseg_optimizer
 from .preflight import check_train_config, prepare_train_vocabularies
 from .results_table import format_results_table
+from .training_guards import NonFiniteLossCheck, SkippedImagesMonitor, StepSeeder
 from .visualization_hook import PredictionVisualizationHook
 
 __all__ = ["DaTaSegTrainer", "create_ddp_model"]
@@ -73,85 +71,9 @@ def _with_seed(cfg, seed: int):
     return cfg
 
 
-class StepSeeder:
-    """Forward pre-hook of the model: in training, re-seed torch from (seed, iteration, rank)
-    right before the forward pass.
-
-    The randomness a step consumes (point sampling, dropout) then depends on nothing but the
-    iteration, so a resumed run repeats the uninterrupted one. Seeding at the forward, not at
-    the start of the step, matters: creating the data loader's iterator (first step of every
-    process) draws from torch's RNG too.
-    """
-
-    def __init__(self, seed: int):
-        self.seed = int(seed)
-
-    def __call__(self, module, args):
-        if not module.training:
-            return
-        try:
-            iteration = get_event_storage().iter
-        except AssertionError:  # a training-mode forward outside the training loop
-            return
-        key = [self.seed, iteration, comm.get_rank()]
-        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
-
-
 def _unwrap(model):
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) \
         else model
-
-
-class SkippedImagesMonitor:
-    """Wraps the train loader: counts the images the stream skipped (``skipped_images`` of
-    each batch), reports the total as the ``data/skipped_images`` metric and stops training
-    once it exceeds ``max_skipped`` (the count over all data workers of this rank)."""
-
-    def __init__(self, loader, max_skipped: int):
-        self.loader = loader
-        self.max_skipped = int(max_skipped)
-        self.skipped = 0
-
-    def __iter__(self):
-        for batch in self.loader:
-            self.skipped += int(getattr(batch, "skipped_images", 0))
-            get_event_storage().put_scalar("data/skipped_images", self.skipped,
-                                           smoothing_hint=False)
-            if self.skipped > self.max_skipped:
-                raise RuntimeError(
-                    f"{self.skipped} training images were unreadable or inconsistent and "
-                    f"skipped, more than INPUT.DATASEG.MAX_SKIPPED_IMAGES={self.max_skipped}; "
-                    "see the 'Skipping' warnings in the log for the files. Repair or re-download "
-                    "the dataset, or raise the limit."
-                )
-            yield batch
-
-
-class NonFiniteLossCheck:
-    """Forward hook of the model: raise ``FloatingPointError`` when a training loss is NaN or
-    infinite, naming the dataset of the batch, the iteration and the offending loss terms
-    (detectron2's own check names none of the first two and runs after ``backward``)."""
-
-    def __call__(self, module, args, output):
-        if not module.training or not isinstance(output, dict):
-            return
-        values = [v.detach().float().reshape(()) for v in output.values()]
-        if not values or bool(torch.isfinite(torch.stack(values)).all()):
-            return
-        bad = {k: float(v) for k, v in zip(output, values) if not math.isfinite(float(v))}
-        inputs = args[0] if args else []
-        dataset = inputs[0].get("dataset_name", "?") if inputs else "?"
-        try:
-            iteration = get_event_storage().iter
-        except AssertionError:  # called outside a trainer
-            iteration = "?"
-        raise FloatingPointError(
-            f"Non-finite loss at iteration {iteration} on dataset {dataset!r}: "
-            + ", ".join(f"{k}={v}" for k, v in bad.items())
-            + ". Resume from the last checkpoint with a lower SOLVER.BASE_LR or "
-            "SOLVER.CLIP_GRADIENTS.ENABLED True, and check this dataset's annotations "
-            "(degenerate boxes or masks)."
-        )
 
 
 class DaTaSegTrainer(DefaultTrainer):
