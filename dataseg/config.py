@@ -92,7 +92,8 @@ def add_dataseg_config(cfg):
     D.TEXT.TEMPLATES = "imagenet_short"
     # How synonyms of one class ("tv, television, monitor") are reduced: "mean" | "max".
     D.TEXT.SYNONYM_REDUCTION = "mean"
-    # Embedding cache folder; "" = $DATASEG_CACHE or ~/.cache/dataseg/text_embeddings.
+    # Embedding cache folder; "" = $DATASEG_CACHE/text_embeddings, else
+    # ~/.cache/dataseg/text_embeddings.
     D.TEXT.CACHE_DIR = ""
     D.TEXT.RANDOM_DIM = 64  # output width of the "Random" encoder
     D.TEXT.DEVICE = "cpu"  # where the text model runs while embeddings are computed
