@@ -178,10 +178,3 @@ class DaTaSegTrainer(DefaultTrainer):
         if comm.is_main_process() and results:
             logger.info("DaTaSeg results:\n" + format_results_table(results))
         return results
-
-    def run_step(self):
-        # Keep the criterion's notion of the iteration (pairwise-loss warm-up) in sync.
-        model = _unwrap(self._trainer.model)
-        if hasattr(model, "iteration"):
-            model.iteration = self.iter
-        super().run_step()
