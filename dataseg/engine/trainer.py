@@ -119,6 +119,11 @@ class DaTaSegTrainer(DefaultTrainer):
         super().load_state_dict(state_dict)
         self._checkpoint_seed = state_dict.get("seed", None)
 
+    def train(self):
+        """Train, then return the results of the final evaluation ({} when none ran)."""
+        super().train()
+        return getattr(self, "_last_eval_results", {})
+
     def resume_or_load(self, resume=True):
         weights = self.cfg.MODEL.WEIGHTS
         try:
