@@ -15,9 +15,11 @@ import dataseg  # noqa: F401  (registers DaTaSeg with detectron2)
 from dataseg.engine import DaTaSegCheckpointer
 from dataseg.engine import DaTaSegTrainer as Trainer
 from dataseg.engine import setup
+from dataseg.utils.malloc import tune_malloc
 
 
 def main(args):
+    tune_malloc()  # CPU: reuse large freed blocks instead of page-faulting (opt-out: env)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

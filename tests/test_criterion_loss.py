@@ -7,7 +7,12 @@ import torch
 from detectron2.config import get_cfg
 
 from dataseg.config import add_dataseg_config
-from dataseg.modeling.criterion import CriterionContext, HungarianMatcher, MergeCriterion, build_criterion
+from dataseg.modeling.criterion import (
+    CriterionContext,
+    HungarianMatcher,
+    MergeCriterion,
+    build_criterion,
+)
 
 C = 4
 IS_THING = torch.tensor([True, True, False, False])
@@ -39,7 +44,11 @@ def _targets(with_masks=True, empty_second=False):
     masks[1, 16:, :] = True
     masks[2, :16, 16:] = True
     boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [0.0, 16.0, 32.0, 32.0], [16.0, 0.0, 32.0, 16.0]])
-    first = {"labels": torch.tensor([0, 2, 3]), "masks": masks if with_masks else None, "boxes": boxes}
+    first = {
+        "labels": torch.tensor([0, 2, 3]),
+        "masks": masks if with_masks else None,
+        "boxes": boxes,
+    }
     if empty_second:
         second = {
             "labels": torch.zeros(0, dtype=torch.long),

@@ -94,32 +94,41 @@ def panoptic_inference(cls_logits, mask_logits, stride, image_size, out_size,
     if not keep.any():
         return panoptic_seg, segments_info
     scores, labels = scores[keep], labels[keep]
-    masks = resize_to_original(mask_logits[keep], stride, image_size, out_size).sigmoid()
-    owner = (masks * scores[:, None, None]).argmax(0)  # (height, width) index into kept
-    own = masks >= 0.5
+    probs = resize_to_original(mask_logits[keep], stride, image_size, out_size).sigmoid_()
+    num_kept = probs.shape[0]
+    own = probs >= 0.5  # (N, height, width)
     original_area = own.flatten(1).sum(1)
-    assigned = owner[None] == torch.arange(masks.shape[0], device=owner.device)[:, None, None]
-    visible = assigned & own
-    visible_area = visible.flatten(1).sum(1)
-    assigned_area = assigned.flatten(1).sum(1)
+    owner = probs.mul_(scores[:, None, None]).argmax(0)  # (height, width) index into kept
+    del probs
+    # Every pixel has exactly one owner, so per-segment pixel sets are disjoint: areas are
+    # bincounts over the owner map and the id map is one lookup, instead of (N, H, W)
+    # "assigned" / "visible" masks and one masked write per segment.
+    visible_pixel = own.gather(0, owner[None])[0]  # own[owner[p], p]
+    del own
+    assigned_area = torch.bincount(owner.flatten(), minlength=num_kept)
+    visible_area = torch.bincount(owner[visible_pixel], minlength=num_kept)
+    segment_of_query = torch.zeros(num_kept + 1, dtype=torch.int32)
     stuff_ids = {}
     next_id = 1
-    for k in range(masks.shape[0]):
-        area = int(visible_area[k])
-        if area == 0 or int(original_area[k]) == 0 or int(assigned_area[k]) == 0:
+    for k, (area, orig, assigned, cls) in enumerate(zip(
+            visible_area.tolist(), original_area.tolist(), assigned_area.tolist(),
+            labels.tolist())):
+        if area == 0 or orig == 0 or assigned == 0:
             continue
-        if int(assigned_area[k]) / int(original_area[k]) < overlap_threshold:
+        if assigned / orig < overlap_threshold:
             continue
-        cls = int(labels[k])
         thing = bool(is_thing[cls])
         if not thing and cls in stuff_ids:
-            panoptic_seg[visible[k]] = stuff_ids[cls]
+            segment_of_query[k] = stuff_ids[cls]
             continue
-        panoptic_seg[visible[k]] = next_id
+        segment_of_query[k] = next_id
         if not thing:
             stuff_ids[cls] = next_id
         segments_info.append({"id": next_id, "category_id": cls, "isthing": thing})
         next_id += 1
+    segment_of_query = segment_of_query.to(owner.device)
+    # Pixels whose owner does not cover them (prob < 0.5) stay 0 (index num_kept -> 0).
+    panoptic_seg = segment_of_query[torch.where(visible_pixel, owner, num_kept)]
     return panoptic_seg, segments_info
 
 

@@ -242,7 +242,9 @@ class MergeCriterion(nn.Module):
         # them) for mask tasks, box projections for the box task.
         if box_task:
             H, W = self._padded_size(targets, context, h, w)
-            gt_prep = [box_projection_targets(t["boxes"].to(device), (h, w), (H, W)) for t in targets]
+            gt_prep = [
+                box_projection_targets(t["boxes"].to(device), (h, w), (H, W)) for t in targets
+            ]
             match_coords = None
         else:
             match_coords = torch.rand(self.num_points, 2, device=device)
@@ -285,7 +287,9 @@ class MergeCriterion(nn.Module):
         losses = {}
         for (layer, suffix), match, norm in zip(layers, matches, norms):
             if box_task:
-                layer_losses = self._box_losses(layer, match, targets, gt_prep, norm, pair_sim, context)
+                layer_losses = self._box_losses(
+                    layer, match, targets, gt_prep, norm, pair_sim, context
+                )
             else:
                 layer_losses = self._mask_losses(layer, match, targets, norm)
             layer_losses["loss_ce"] = self.class_weight * self._class_loss(match)

@@ -13,13 +13,75 @@ from torch.nn import functional as F
 
 from .merge import PointProbs
 
-__all__ = ["focal_loss", "dice_loss", "class_nll_loss"]
+__all__ = ["focal_loss", "focal_loss_reference", "dice_loss", "class_nll_loss"]
+
+
+def _focal_terms(p, log_p, log_1mp, targets, alpha, gamma):
+    """Per-point factors shared by the fused forward and backward (all (M, P))."""
+    one_minus_pt = p * (1.0 - 2.0 * targets) + targets  # 1 - p_t, p_t = p t + (1-p)(1-t)
+    base = one_minus_pt.clamp(min=0.0)
+    if alpha >= 0:
+        alpha_t = (2.0 * alpha - 1.0) * targets + (1.0 - alpha)
+    else:
+        alpha_t = None
+    ce = -(targets * log_p + (1.0 - targets) * log_1mp)
+    return one_minus_pt, base, alpha_t, ce
+
+
+class _FocalLoss(torch.autograd.Function):
+    """Focal loss that keeps only its inputs for backward.
+
+    Autograd through the elementwise formula keeps ~15 (M, P) intermediates per decoder
+    layer alive until backward (12544 points x ~200 units: ~10 MB each, x 10 layers); this
+    saves the four inputs, which exist anyway, and recomputes the factors in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, p, log_p, log_1mp, targets, alpha, gamma):
+        _, base, alpha_t, ce = _focal_terms(p, log_p, log_1mp, targets, alpha, gamma)
+        loss = ce.mul_(base.pow_(gamma))
+        if alpha_t is not None:
+            loss.mul_(alpha_t)
+        ctx.save_for_backward(p, log_p, log_1mp, targets)
+        ctx.alpha, ctx.gamma = alpha, gamma
+        return loss.mean(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, log_p, log_1mp, targets = ctx.saved_tensors
+        alpha, gamma = ctx.alpha, ctx.gamma
+        one_minus_pt, base, alpha_t, ce = _focal_terms(p, log_p, log_1mp, targets, alpha, gamma)
+        # Upstream gradient of each point: d mean / d point = 1 / P.
+        g = (grad / p.shape[-1]).unsqueeze(-1).expand_as(p)
+        if alpha_t is not None:
+            g = g * alpha_t
+        weight = base.pow(gamma)
+        grad_p = grad_log_p = grad_log_1mp = None
+        if ctx.needs_input_grad[0]:
+            # d/dp of (1 - p_t)^gamma = gamma (1 - p_t)^(gamma - 1) (1 - 2t); the clamp at 0
+            # passes the gradient where 1 - p_t >= 0 (as torch.clamp does).
+            if gamma == 0.0:
+                grad_p = torch.zeros_like(p)
+            else:
+                dw = base.pow(gamma - 1.0) if gamma != 1.0 else torch.ones_like(base)
+                dw.mul_(gamma).mul_(1.0 - 2.0 * targets).mul_(one_minus_pt >= 0)
+                grad_p = ce.mul_(dw).mul_(g)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            gw = weight.mul_(g).neg_()
+            if ctx.needs_input_grad[1]:
+                grad_log_p = gw * targets
+            if ctx.needs_input_grad[2]:
+                grad_log_1mp = gw * (1.0 - targets)
+        return grad_p, grad_log_p, grad_log_1mp, None, None, None
 
 
 def focal_loss(
     pred: PointProbs, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
 ) -> torch.Tensor:
     """Sigmoid focal loss (Lin et al.) on probabilities, mean over points, per unit.
+
+    Same values and gradients as :func:`focal_loss_reference` (tested), computed by a fused
+    autograd function that keeps far less memory for backward.
 
     Args:
         pred: (M, P) probabilities and logs.
@@ -30,6 +92,15 @@ def focal_loss(
     Returns:
         (M,) loss of each unit.
     """
+    targets = targets.to(pred.prob.dtype)
+    return _FocalLoss.apply(pred.prob, pred.log_prob, pred.log_one_minus_prob, targets,
+                            float(alpha), float(gamma))
+
+
+def focal_loss_reference(
+    pred: PointProbs, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """The straightforward elementwise focal loss (the definition :func:`focal_loss` follows)."""
     p = pred.prob
     ce = -(targets * pred.log_prob + (1.0 - targets) * pred.log_one_minus_prob)
     p_t = p * targets + (1.0 - p) * (1.0 - targets)

@@ -95,7 +95,8 @@ def _corners(shapes, sampling_locations, s_pad, need_inside=True):
     corners): on this class of machine fresh allocations page-fault and dominate the cost.
 
     Returns:
-        index: (B, Q, M, L, P, 4) int64 table rows, corners ordered (y0x0, y0x1, y1x0, y1x1).
+        index: (B, Q, M, L, P, 4) int32 table rows (int64 for huge tables), corners ordered
+            (y0x0, y0x1, y1x0, y1x1).
         fx, fy: (B, Q, M, L, P) fractional parts (the bilinear weights' variables).
         inside: (B, Q, M, L, P) bool, False where clamping moved the point (zero gradient);
             None unless ``need_inside`` (only the location gradient uses it).
@@ -131,10 +132,13 @@ def _corners(shapes, sampling_locations, s_pad, need_inside=True):
         + torch.arange(M, device=device, dtype=torch.float64).view(1, 1, M, 1, 1)
     ) * s_pad + offsets
     row = y0.to(torch.float64).mul_(padded_w.to(torch.float64)).add_(x0).add_(base)
+    # int32 rows halve the largest tensor kept for backward (one per corner and sample);
+    # int64 only for tables too large to index with int32.
+    index_dtype = torch.int32 if B * M * s_pad < 2**31 else torch.int64
     corner_offsets = torch.stack(
         [torch.zeros_like(padded_w), torch.ones_like(padded_w), padded_w, padded_w + 1], dim=-1
-    ).to(torch.int64)  # (L, 1, 4)
-    index = row.to(torch.int64).unsqueeze(-1) + corner_offsets
+    ).to(index_dtype)  # (L, 1, 4)
+    index = row.to(index_dtype).unsqueeze(-1) + corner_offsets
     return index, fx, fy, inside
 
 
@@ -158,6 +162,7 @@ def _sampled_dot(grad_out, table, index):
     ``sampled_addmm`` computes only the needed dot products (duplicate rows are fine).
     """
     n, bag = index.shape
+    index = index.long()  # CSR row and column indices must share a dtype
     crow = torch.arange(0, n * bag + 1, bag, device=index.device, dtype=torch.int64)
     with warnings.catch_warnings():
         # "Sparse CSR support is in beta": the op used here is stable and tested against

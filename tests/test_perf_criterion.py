@@ -1,0 +1,94 @@
+"""The criterion's fused autograd paths equal the straightforward formulas (values + grads)."""
+
+import pytest
+import torch
+
+from dataseg.modeling.criterion import merge_mask_logits
+from dataseg.modeling.criterion.losses import dice_loss, focal_loss, focal_loss_reference
+from dataseg.modeling.criterion.merge import (
+    PointProbs,
+    _sigmoid_with_logs_values,
+    sigmoid_with_logs,
+)
+
+
+def _grads(fn, *inputs):
+    inputs = [x.detach().clone().double().requires_grad_(True) for x in inputs]
+    out = fn(*inputs)
+    weights = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).view_as(out)
+    (out * weights).sum().backward()
+    return out.detach(), [x.grad for x in inputs]
+
+
+def test_sigmoid_with_logs_fused_matches_formula():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 300, generator=g) * 6
+    x[0, :4] = torch.tensor([0.0, 30.0, -30.0, 1e-3])
+
+    def combine(s, lp, l1mp):  # every output reaches the loss with its own weight
+        return s * 0.3 + lp * 1.7 - l1mp * 0.9
+
+    fused, (gf,) = _grads(lambda t: combine(*sigmoid_with_logs(t)), x)
+    ref, (gr,) = _grads(lambda t: combine(*_sigmoid_with_logs_values(t)), x)
+    torch.testing.assert_close(fused, ref)
+    # x == 0 exactly: abs() has a zero subgradient there in the formula; skip that point.
+    mask = x.double() != 0
+    torch.testing.assert_close(gf[mask], gr[mask])
+    with torch.no_grad():  # no grad: plain values, no autograd function
+        for a, b in zip(sigmoid_with_logs(x), _sigmoid_with_logs_values(x)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 1.0), (0.25, 0.0),
+                                         (0.25, 1.5)])
+@pytest.mark.parametrize("soft_targets", [False, True])
+def test_focal_loss_fused_matches_reference(alpha, gamma, soft_targets):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 257, generator=g) * 4
+    t = torch.rand(6, 257, generator=g)
+    t = t if soft_targets else (t > 0.5).double()
+    t = t.double()
+
+    def run(loss_fn):
+        def fn(p_logits):
+            s, lp, l1mp = _sigmoid_with_logs_values(p_logits)
+            return loss_fn(PointProbs(s, lp, l1mp), t, alpha, gamma)
+        return _grads(fn, x)
+
+    fused, (gf,) = run(focal_loss)
+    ref, (gr,) = run(focal_loss_reference)
+    torch.testing.assert_close(fused, ref)
+    torch.testing.assert_close(gf, gr)
+
+
+@pytest.mark.parametrize("mode", ["clamped_sum", "max", "soft_union"])
+def test_merged_point_losses_match_reference(mode):
+    """Merged units (probabilities and floored logs as separate inputs) get equal grads."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(9, 200, generator=g) * 3
+    unit = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4, 5])
+    t = (torch.rand(6, 200, generator=g) > 0.4).double()
+
+    def run(loss_fn):
+        def fn(logits):
+            pp = merge_mask_logits(logits, unit, 6, mode)
+            return loss_fn(pp, t, 0.25, 2.0) + dice_loss(pp.prob, t)
+        return _grads(fn, x)
+
+    fused, (gf,) = run(focal_loss)
+    ref, (gr,) = run(focal_loss_reference)
+    torch.testing.assert_close(fused, ref)
+    torch.testing.assert_close(gf, gr)
+
+
+def test_focal_loss_float32_close_to_float64():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 1000, generator=g) * 5
+    t = (torch.rand(4, 1000, generator=g) > 0.5).float()
+    x32 = x.clone().requires_grad_(True)
+    pp = PointProbs(*sigmoid_with_logs(x32))
+    focal_loss(pp, t).sum().backward()
+    x64 = x.double().requires_grad_(True)
+    pp = PointProbs(*_sigmoid_with_logs_values(x64))
+    focal_loss_reference(pp, t.double()).sum().backward()
+    torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-8)
