@@ -32,23 +32,22 @@ def check_train_config(cfg) -> None:
         raise ValueError("DATASETS.TRAIN is empty; list the datasets to train on.")
     registered = DatasetCatalog.list()
     for name in names:
-        if name not in registered:
-            close = difflib.get_close_matches(name, registered, n=3)
-            raise KeyError(
-                f"Training dataset {name!r} (DATASETS.TRAIN) is not registered"
-                + (f"; did you mean {close}?" if close else ".")
-                + " `import dataseg` registers the builtin and synthetic datasets; register your "
-                "own with dataseg.data.register_*_dataset before building the trainer."
-            )
+        _require_registered(name, "Training", "DATASETS.TRAIN", registered)
     for name in cfg.DATASETS.TEST:
         # Found now rather than at the first evaluation, possibly days later.
-        if name not in registered:
-            close = difflib.get_close_matches(name, registered, n=3)
-            raise KeyError(
-                f"Test dataset {name!r} (DATASETS.TEST) is not registered"
-                + (f"; did you mean {close}?" if close else ".")
-            )
+        _require_registered(name, "Test", "DATASETS.TEST", registered)
     check_sampling_ratios(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS, names)
+
+
+def _require_registered(name: str, role: str, key: str, registered: Sequence[str]) -> None:
+    if name not in registered:
+        close = difflib.get_close_matches(name, registered, n=3)
+        raise KeyError(
+            f"{role} dataset {name!r} ({key}) is not registered"
+            + (f"; did you mean {close}?" if close else ".")
+            + " `import dataseg` registers the builtin and synthetic datasets; register your "
+            "own with dataseg.data.register_*_dataset before building the trainer."
+        )
 
 
 def prepare_train_vocabularies(model, dataset_names: Sequence[str],
