@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Check DaTaSeg's claims at small scale on the generated datasets, with one command.
 
-    python projects/small_scale_claims/run_claims.py [--iters-per-dataset 300] [--seeds 0]
+    python projects/small_scale_claims/run_claims.py [--iters-per-dataset 200] [--seeds 0]
 
 Trains, with the tiny config and identical settings:
   * three separate single-dataset models (panoptic / semantic / box-only data), N iterations each;
@@ -92,7 +92,7 @@ def format_table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--iters-per-dataset", type=int, default=300)
+    parser.add_argument("--iters-per-dataset", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output-dir", default=os.path.join("output", "claims"))
     args = parser.parse_args(argv)
