@@ -106,6 +106,9 @@ def add_dataseg_config(cfg):
     D.CRITERION.MERGE_MODE = "clamped_sum"
     # False = no MERGE for any task (proposals matched one by one): the MERGE ablation.
     D.CRITERION.MERGE_ENABLED = True
+    # Iterations during which proposals are matched unmerged before the MERGE starts (not in
+    # the paper; 0 = merge from the first iteration).
+    D.CRITERION.MERGE_WARMUP_ITERS = 0
     D.CRITERION.DEEP_SUPERVISION = True
     D.CRITERION.NO_OBJECT_WEIGHT = 0.1
     # Loss weights (not in the paper).

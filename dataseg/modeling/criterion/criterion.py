@@ -96,6 +96,7 @@ class MergeCriterion(nn.Module):
         matcher: HungarianMatcher,
         merge_mode: str = "clamped_sum",
         merge_enabled: bool = True,
+        merge_warmup_iters: int = 0,
         class_weight: float = 2.0,
         focal_weight: float = 20.0,
         dice_weight: float = 5.0,
@@ -124,6 +125,9 @@ class MergeCriterion(nn.Module):
         Args:
             matcher: the Hungarian matcher (cost weights).
             merge_mode: mask merge arithmetic, one of ``MERGE_MODES``.
+            merge_warmup_iters: the MERGE is the identity before this iteration (0: merge from
+                the start). Early argmax classes mostly coincide, so merging then fuses most
+                proposals into one unit (see the README's small-scale claims).
             merge_enabled: False replaces every task's MERGE by the identity (proposals are
                 matched one by one, as in Mask2Former): the ablation of DaTaSeg's MERGE.
             class_weight, focal_weight, dice_weight, projection_weight: loss weights.
@@ -152,6 +156,7 @@ class MergeCriterion(nn.Module):
         self.matcher = matcher
         self.merge_mode = merge_mode
         self.merge_enabled = merge_enabled
+        self.merge_warmup_iters = int(merge_warmup_iters)
         self.class_weight = class_weight
         self.focal_weight = focal_weight
         self.dice_weight = dice_weight
@@ -200,6 +205,7 @@ class MergeCriterion(nn.Module):
             "matcher": matcher,
             "merge_mode": c.MERGE_MODE,
             "merge_enabled": c.MERGE_ENABLED,
+            "merge_warmup_iters": c.MERGE_WARMUP_ITERS,
             "class_weight": c.CLASS_WEIGHT,
             "focal_weight": c.FOCAL_WEIGHT,
             "dice_weight": c.DICE_WEIGHT,
@@ -227,7 +233,8 @@ class MergeCriterion(nn.Module):
     def forward(
         self, outputs: Dict, targets: List[Dict], context: CriterionContext
     ) -> Dict[str, torch.Tensor]:
-        merge_fn = build_merge(context.task if self.merge_enabled else "instance")
+        merging = self.merge_enabled and context.iteration >= self.merge_warmup_iters
+        merge_fn = build_merge(context.task if merging else "instance")
         box_task = context.task in BOX_TASKS
         layers = [(outputs, "")]
         if self.deep_supervision:
