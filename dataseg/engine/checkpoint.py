@@ -2,11 +2,12 @@
 
 import logging
 import os
-import tempfile
 from typing import Any, Dict, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from ..utils.atomic_file import atomic_write as _atomic_write
 
 __all__ = ["DaTaSegCheckpointer", "TEXT_INFO_KEY"]
 
@@ -16,25 +17,6 @@ logger = logging.getLogger(__name__)
 TEXT_INFO_KEY = "dataseg_text"
 # The classifier parameter whose width is the text dimension (independent of the head depth).
 _TEXT_DIM_PARAM = "classifier.background_embedding"
-
-
-def _atomic_write(path: str, write) -> None:
-    """Run ``write(file_object)`` on a temporary file next to ``path``, then rename it over
-    ``path``. A rename within one folder is atomic, so readers see the old or the new file,
-    never a truncated one, whenever the process dies."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # BaseException too: a KeyboardInterrupt mid-save must not leave the temp file behind.
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class DaTaSegCheckpointer(DetectionCheckpointer):

@@ -2,6 +2,7 @@
 
 import logging
 
+import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_setup
 from detectron2.utils import comm
@@ -26,7 +27,7 @@ def get_dataseg_cfg(config_file: str = "", opts=(), check: bool = True):
     if config_file:
         merge_dataseg_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts))
-    if cfg.MODEL.DEVICE == "cuda" and not _cuda_available():
+    if cfg.MODEL.DEVICE == "cuda" and not torch.cuda.is_available():
         # Users without a GPU should not need to know detectron2's default is "cuda".
         logging.getLogger(__name__).warning("No CUDA device: running on the CPU.")
         cfg.MODEL.DEVICE = "cpu"
@@ -44,8 +45,3 @@ def setup(args):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dataseg")
     return cfg
 
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

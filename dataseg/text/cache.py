@@ -13,10 +13,11 @@ import json
 import logging
 import os
 import re
-import tempfile
 from typing import Optional, Sequence, Tuple
 
 import torch
+
+from ..utils.atomic_file import atomic_write
 
 __all__ = ["EmbeddingCache", "default_cache_dir", "resolve_cache_dir"]
 
@@ -116,21 +117,9 @@ class EmbeddingCache:
             "embeddings": embeddings.detach().float().cpu().contiguous(),
             "class_index": class_index.detach().long().cpu().contiguous(),
         }
-        tmp = None
         try:
             os.makedirs(self.directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".pt")
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            # mkstemp creates 0600 files; cache entries are meant to be shared and reread.
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-            tmp = None
+            atomic_write(path, lambda f: torch.save(payload, f))
         except OSError as e:
             logger.warning(f"Could not write text-embedding cache file {path}: {e!r}")
-        finally:
-            if tmp is not None and os.path.exists(tmp):
-                os.remove(tmp)
         return path
