@@ -14,7 +14,15 @@ from dataseg.modeling.criterion.box_losses import (
     projection_dice,
 )
 from dataseg.modeling.criterion.losses import class_nll_loss, dice_loss, focal_loss
-from dataseg.modeling.criterion.point_sampling import sample_binary_masks, sample_shared_points
+from dataseg.modeling.criterion.point_sampling import (
+    PixelPoints,
+    bilinear_point_matrix,
+    read_mask_pixels,
+    sample_binary_masks,
+    sample_logits_at_pixels,
+    sample_shared_points,
+    sample_uncertain_pixels,
+)
 
 
 def _singletons(x):
@@ -37,10 +45,12 @@ def test_sample_binary_masks_equals_point_sample():
 
 
 def test_sample_shared_points_equals_point_sample():
-    maps = torch.randn(2, 3, 8, 8)
+    maps = torch.randn(6, 8, 9)
     coords = torch.rand(50, 2)
-    ref = point_sample(maps.flatten(0, 1)[:, None], coords.expand(6, -1, -1), align_corners=False)
-    torch.testing.assert_close(sample_shared_points(maps, coords), ref[:, 0].view(2, 3, 50))
+    coords[:4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.01, 0.99], [0.5, 0.0]])  # borders
+    ref = point_sample(maps[:, None], coords.expand(6, -1, -1), align_corners=False)[:, 0]
+    matrix = bilinear_point_matrix(coords, (8, 9))
+    torch.testing.assert_close(sample_shared_points(maps, matrix), ref)
 
 
 def test_focal_loss_equals_fvcore_for_single_proposals():
@@ -133,13 +143,62 @@ def test_color_similarity_of_flat_image_is_one_inside():
 
 
 def test_grid_importance_sampler_concentrates_on_uncertain_pixels():
-    from dataseg.modeling.criterion.point_sampling import sample_uncertain_points_on_grid
-
     torch.manual_seed(0)
     unc = torch.zeros(2, 16, 16)
     unc[:, :, :4] = 1.0  # the left quarter is uncertain
-    pts = sample_uncertain_points_on_grid(unc, 400, 3.0, 0.75)
-    assert pts.shape == (2, 400, 2) and pts.min() >= 0 and pts.max() <= 1
-    # 300 importance points from the top 25% of pixels (= the uncertain quarter) + 100 uniform.
-    assert (pts[:, :300, 0] < 0.25).all()
-    assert 0.1 < (pts[:, 300:, 0] < 0.25).float().mean() < 0.4
+    pts = sample_uncertain_pixels(unc, 400, 3.0, 0.75, (64, 64))
+    assert pts.row.shape == pts.col.shape == (2, 400) and pts.size == (64, 64)
+    assert pts.row.min() >= 0 and pts.row.max() < 64 and pts.col.min() >= 0
+    # 300 importance points from the top 25% of pixels (= the uncertain quarter, GT columns
+    # 0..15 at stride 4) + 100 uniform ones.
+    assert (pts.col[:, :300] < 16).all()
+    assert 0.1 < (pts.col[:, 300:] < 16).float().mean() < 0.4
+    # Every GT pixel of an uncertain prediction pixel can be drawn (the sub-pixel part).
+    assert set((pts.col[:, :300] % 4).unique().tolist()) == {0, 1, 2, 3}
+    assert set((pts.row[:, :300] % 4).unique().tolist()) == {0, 1, 2, 3}
+    torch.testing.assert_close(pts.linear(), pts.row.long() * 64 + pts.col.long())
+
+
+def test_grid_sampler_clamps_when_gt_size_is_not_a_multiple():
+    torch.manual_seed(0)
+    unc = torch.zeros(1, 8, 8)
+    unc[:, -1, -1] = 1.0  # only the last cell is uncertain
+    pts = sample_uncertain_pixels(unc, 64, 64.0, 1.0, (30, 31))  # k = 1 cell, blocks of 4x4
+    assert pts.row.max() == 29 and pts.col.max() == 30
+    assert (pts.row >= 28).all() and (pts.col >= 28).all()
+
+
+def test_logits_at_pixel_centres_equal_point_sample_values_and_grads():
+    g = torch.Generator().manual_seed(3)
+    maps = torch.randn(3, 8, 8, generator=g, dtype=torch.float64)
+    row = torch.randint(0, 32, (2, 50), generator=g, dtype=torch.int16)
+    col = torch.randint(0, 32, (2, 50), generator=g, dtype=torch.int16)
+    points = PixelPoints(row, col, (32, 32))
+    member_pair = torch.tensor([1, 0, 1])
+    coords = torch.stack([(col.double() + 0.5) / 32, (row.double() + 0.5) / 32], -1)
+    weights = torch.linspace(0.5, 1.5, 150, dtype=torch.float64).view(3, 50)
+
+    def run(fn):
+        x = maps.clone().requires_grad_(True)
+        out = fn(x)
+        (out * weights).sum().backward()
+        return out.detach(), x.grad
+
+    fast, gf = run(lambda x: sample_logits_at_pixels(x, points, member_pair))
+    ref, gr = run(lambda x: point_sample(x[:, None], coords[member_pair],
+                                         align_corners=False)[:, 0])
+    torch.testing.assert_close(fast, ref)
+    torch.testing.assert_close(gf, gr)
+    direct = sample_logits_at_pixels(maps[:2], points)
+    torch.testing.assert_close(direct, point_sample(maps[:2, None], coords,
+                                                    align_corners=False)[:, 0])
+
+
+def test_read_mask_pixels_equals_indexing():
+    g = torch.Generator().manual_seed(4)
+    masks = torch.rand(4, 9, 11, generator=g) > 0.5
+    idx = torch.tensor([3, 0, 3])
+    pixel = torch.randint(0, 99, (3, 20), generator=g)
+    expected = torch.stack([masks[i].flatten()[p] for i, p in zip(idx, pixel)])
+    assert torch.equal(read_mask_pixels(masks, idx, pixel), expected.to(torch.uint8))
+    assert read_mask_pixels(masks, idx[:0], pixel[:0]).shape == (0, 20)

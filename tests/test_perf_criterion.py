@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from dataseg.modeling.criterion import merge_mask_logits
-from dataseg.modeling.criterion.losses import dice_loss, focal_loss, focal_loss_reference
+from dataseg.modeling.criterion.losses import (
+    dice_loss,
+    focal_loss,
+    focal_loss_reference,
+    sigmoid_focal_dice_loss,
+)
 from dataseg.modeling.criterion.merge import (
     PointProbs,
     _sigmoid_with_logs_values,
@@ -92,3 +97,63 @@ def test_focal_loss_float32_close_to_float64():
     pp = PointProbs(*_sigmoid_with_logs_values(x64))
     focal_loss_reference(pp, t.double()).sum().backward()
     torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 1.0), (0.25, 0.0),
+                                         (0.25, 1.5)])
+@pytest.mark.parametrize("targets", ["bool", "uint8", "soft"])
+def test_logit_focal_dice_matches_probability_path(alpha, gamma, targets):
+    """Single-proposal units: the logits path equals focal/dice of sigmoid_with_logs."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 257, generator=g) * 4
+    x[0, :3] = torch.tensor([0.0, 40.0, -40.0])  # saturated logits keep finite gradients
+    t = torch.rand(6, 257, generator=g, dtype=torch.float64)
+    if targets != "soft":
+        t = t > 0.5
+        t = t if targets == "bool" else t.to(torch.uint8)
+    t_float = t.double()
+    weights = torch.tensor([0.7, 1.3], dtype=torch.float64)
+
+    def fused(logits):
+        focal, dice = sigmoid_focal_dice_loss(logits, t, alpha, gamma)
+        return torch.stack([focal, dice], -1) * weights
+
+    def reference(logits):
+        pp = PointProbs(*_sigmoid_with_logs_values(logits))
+        focal = focal_loss_reference(pp, t_float, alpha, gamma)
+        return torch.stack([focal, dice_loss(pp.prob, t_float)], -1) * weights
+
+    out, (gf,) = _grads(fused, x)
+    ref, (gr,) = _grads(reference, x)
+    torch.testing.assert_close(out, ref)
+    mask = x.double() != 0  # abs() has a zero subgradient at 0 in the reference formula
+    torch.testing.assert_close(gf[mask], gr[mask])
+    assert torch.isfinite(gf).all()
+
+
+@pytest.mark.parametrize("mode", ["clamped_sum", "max", "soft_union"])
+def test_mixed_single_and_merged_units_equal_one_merge_path(mode):
+    """The criterion's split (logits path for singletons, merge path for merged units) sums
+    to the same losses and gradients as merging every unit through ``merge_mask_logits``."""
+    from dataseg.modeling.criterion import HungarianMatcher, MergeCriterion
+
+    crit = MergeCriterion(matcher=HungarianMatcher(), merge_mode=mode)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(7, 120, generator=g) * 3
+    member_pair = torch.tensor([2, 0, 1, 1, 3, 2, 2])  # pairs 0 and 3 are single proposals
+    single_pair = torch.tensor([True, False, False, True])
+    t = torch.rand(4, 120, generator=g) > 0.5
+
+    def split(logits):
+        focal, dice = crit._merged_point_losses(logits, member_pair, single_pair, t)
+        return torch.stack([focal, 2.0 * dice])
+
+    def one_path(logits):
+        pp = merge_mask_logits(logits, member_pair, 4, mode)
+        td = t.to(pp.prob.dtype)
+        return torch.stack([focal_loss(pp, td).sum(), 2.0 * dice_loss(pp.prob, td).sum()])
+
+    out, (gs,) = _grads(split, x)
+    ref, (go,) = _grads(one_path, x)  # merge_mask_logits computes in float32
+    torch.testing.assert_close(out, ref.double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gs, go.double(), rtol=1e-5, atol=1e-6)

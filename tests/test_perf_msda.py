@@ -1,8 +1,10 @@
 """The deformable-attention fast path: compact int32 corner indices change nothing."""
 
+import pytest
 import torch
 
 from dataseg.modeling.ops.ms_deform_attn_func import (
+    _corner_rows,
     _corners,
     _padded_table,
     _shapes_as_list,
@@ -24,9 +26,37 @@ def _inputs(seed=0, B=2, M=2, D=8, shapes=((6, 7), (3, 4)), Q=11, P=3):
 def test_corner_indices_are_int32_and_index_the_table():
     value, shapes, loc, _ = _inputs()
     table, s_pad = _padded_table(value, _shapes_as_list(shapes))
-    index, *_ = _corners(shapes, loc, s_pad)
-    assert index.dtype == torch.int32
+    row, *_ = _corners(shapes, loc, s_pad)
+    index = _corner_rows(row, shapes)
+    assert row.dtype == index.dtype == torch.int32
+    assert index.shape == row.shape + (4,)
     assert int(index.min()) >= 0 and int(index.max()) < table.shape[0]
+
+
+def test_backward_keeps_one_row_per_sample_not_four():
+    value, shapes, loc, attn = _inputs()
+    inputs = [t.requires_grad_() for t in (value, loc, attn)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ms_deform_attn_embedding_bag(inputs[0], shapes, *inputs[1:])
+    index = [t for t in saved if not t.is_floating_point() and t.dtype != torch.bool]
+    assert [(t.dtype, t.shape) for t in index] == [(torch.int32, attn.shape)]
+
+
+@pytest.mark.parametrize("requires", [(True, False, False), (False, True, True)])
+def test_partial_gradients_match_grid_sample(requires):
+    # Points crowded into a small map, many clamped onto the border: table rows are shared
+    # by many samples and by several corners, and corners land on every border row/column.
+    value, shapes, loc, attn = _inputs(2, shapes=((3, 5), (2, 2), (1, 3)), Q=40, P=4)
+    loc = loc * 2 - 0.5
+    results = []
+    for fn in (ms_deform_attn_embedding_bag, ms_deform_attn_grid_sample):
+        inputs = [t.clone().requires_grad_(r) for t, r in zip((value, loc, attn), requires)]
+        out = fn(inputs[0], shapes, *inputs[1:])
+        grad_out = torch.linspace(-1, 1, out.numel()).view_as(out)
+        results.append(torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad_out))
+    for fast, ref in zip(*results):
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_fast_path_matches_grid_sample_values_and_grads():

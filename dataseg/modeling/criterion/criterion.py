@@ -23,7 +23,7 @@ from .box_losses import (
     projection_dice,
 )
 from .context import CriterionContext
-from .losses import class_nll_loss, dice_loss, focal_loss
+from .losses import class_nll_loss, dice_loss, focal_loss, sigmoid_focal_dice_loss
 from .matcher import HungarianMatcher
 from .merge import (
     MERGE_MODES,
@@ -35,9 +35,13 @@ from .merge import (
     merge_mask_probs,
 )
 from .point_sampling import (
+    PixelPoints,
+    bilinear_point_matrix,
+    read_mask_pixels,
     sample_binary_masks,
+    sample_logits_at_pixels,
     sample_shared_points,
-    sample_uncertain_points_on_grid,
+    sample_uncertain_pixels,
 )
 
 __all__ = ["MergeCriterion", "build_criterion"]
@@ -61,6 +65,26 @@ class _LayerMatch:
 def _uncertainty(probs: torch.Tensor) -> torch.Tensor:
     # Most uncertain where the (merged) probability is closest to 0.5.
     return -(probs - 0.5).abs()
+
+
+def _logit_uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    # Same order as ``_uncertainty`` of sigmoid(logits), without the sigmoid.
+    return logits.abs().neg_()
+
+
+@dataclass
+class _LossPoints:
+    """The loss points of M pairs: ground-truth pixels (grid sampler) or continuous points."""
+
+    pixels: Optional[PixelPoints] = None
+    coords: Optional[torch.Tensor] = None  # (M, P, 2) in [0, 1]
+
+    def sample(self, member_logits: torch.Tensor, member_pair: Optional[torch.Tensor]):
+        """Bilinear reads (with gradient) of each member's logits at its pair's points."""
+        if self.pixels is not None:
+            return sample_logits_at_pixels(member_logits, self.pixels, member_pair)
+        coords = self.coords if member_pair is None else self.coords[member_pair]
+        return point_sample(member_logits[:, None], coords, align_corners=False)[:, 0]
 
 
 @CRITERION_REGISTRY.register()
@@ -252,9 +276,10 @@ class MergeCriterion(nn.Module):
             gt_prep = [
                 box_projection_targets(t["boxes"].to(device), (h, w), (H, W)) for t in targets
             ]
-            match_coords = None
+            match_coords = match_points = None
         else:
             match_coords = torch.rand(self.num_points, 2, device=device)
+            match_points = bilinear_point_matrix(match_coords, (h, w))
             gt_prep = [
                 sample_binary_masks(
                     t["masks"], torch.arange(len(t["masks"]), device=device), match_coords,
@@ -277,7 +302,7 @@ class MergeCriterion(nn.Module):
                 raise ValueError(
                     f"Task {context.task!r} is box-supervised; its MERGE must not merge."
                 )
-            matches.append(self._match(layer, groups, targets, gt_prep, match_coords, box_task))
+            matches.append(self._match(layer, groups, targets, gt_prep, match_points, box_task))
 
         counts = torch.tensor(
             [float(m.unit_idx.numel()) for m in matches], device=device
@@ -333,7 +358,7 @@ class MergeCriterion(nn.Module):
         # Masks are predicted at stride 4 of the padded image (docs/interfaces.md).
         return (4 * h, 4 * w)
 
-    def _match(self, layer, groups, targets, gt_prep, match_coords, box_task) -> _LayerMatch:
+    def _match(self, layer, groups, targets, gt_prep, match_points, box_task) -> _LayerMatch:
         logits = layer["pred_logits"]
         masks = layer["pred_masks"]
         B, Q, C1 = logits.shape
@@ -346,9 +371,10 @@ class MergeCriterion(nn.Module):
             if box_task:
                 px, py = (v.detach() for v in layer["_projections"])
             else:
-                point_logits = sample_shared_points(masks.detach().float(), match_coords)
+                point_logits = sample_shared_points(
+                    masks.detach().float().flatten(0, 1), match_points)
                 pp = merge_mask_logits(
-                    point_logits.flatten(0, 1),
+                    point_logits,
                     groups.unit_of_query,
                     groups.num_units,
                     self.merge_mode,
@@ -402,61 +428,101 @@ class MergeCriterion(nn.Module):
             zero = masks.sum() * 0.0
             return {"loss_focal": zero, "loss_dice": zero}
         groups = match.groups
-        pair_of_unit = torch.full((groups.num_units,), -1, dtype=torch.long, device=masks.device)
-        pair_of_unit[match.unit_idx] = torch.arange(M, device=masks.device)
-        member_pair = pair_of_unit[groups.unit_of_query]
-        members = (member_pair >= 0).nonzero().squeeze(1)
-        member_pair = member_pair[members]
-        member_logits = masks.flatten(0, 1)[members]  # (Nm, h, w)
+        flat_masks = masks.flatten(0, 1)
+        if groups.has_merges:
+            pair_of_unit = torch.full(
+                (groups.num_units,), -1, dtype=torch.long, device=masks.device)
+            pair_of_unit[match.unit_idx] = torch.arange(M, device=masks.device)
+            member_pair = pair_of_unit[groups.unit_of_query]
+            members = (member_pair >= 0).nonzero().squeeze(1)
+            member_pair = member_pair[members]
+        else:
+            # Every unit is one proposal: members in pair order, no reordering copies.
+            members = groups.unit_rep[match.unit_idx]
+            member_pair = None
+        member_logits = flat_masks[members]  # (Nm, h, w)
         with torch.no_grad():
-            if groups.has_merges:
-                merged = merge_mask_probs(
-                    torch.sigmoid(member_logits), member_pair, M, self.merge_mode
-                )
+            if member_pair is None:
+                # Mask2Former's uncertainty of a single proposal: -|logit|.
+                source, uncertainty_fn = member_logits, _logit_uncertainty
             else:
-                # Units are single proposals: |logit| orders uncertainty like |p - 0.5|.
-                merged = torch.empty_like(member_logits)
-                merged[member_pair] = member_logits
-                merged = torch.sigmoid(merged)
-            coords = self._sample_points(merged)
-            gt_points = []
-            start = 0
-            for b, n in enumerate(match.pairs_per_image):
-                if n == 0:
-                    continue
-                gt_points.append(
-                    sample_binary_masks(
-                        targets[b]["masks"],
-                        match.gt_idx[start:start + n],
-                        coords[start:start + n],
-                        self.gt_sample_mode,
-                    )
-                )
-                start += n
-            gt_points = torch.cat(gt_points)
-        point_logits = point_sample(
-            member_logits[:, None], coords[member_pair], align_corners=False
-        )[:, 0]
-        pp = merge_mask_logits(point_logits, member_pair, M, self.merge_mode)
-        focal = focal_loss(pp, gt_points, self.focal_alpha, self.focal_gamma).sum() / norm
-        dice = dice_loss(pp.prob, gt_points).sum() / norm
-        return {"loss_focal": self.focal_weight * focal, "loss_dice": self.dice_weight * dice}
+                source = merge_mask_probs(
+                    torch.sigmoid(member_logits), member_pair, M, self.merge_mode)
+                uncertainty_fn = _uncertainty
+            points, gt_points = self._sample_points(source, uncertainty_fn, match, targets)
+            del source
+        point_logits = points.sample(member_logits, member_pair)  # (Nm, P)
+        if member_pair is None:
+            focal, dice = sigmoid_focal_dice_loss(
+                point_logits, gt_points, self.focal_alpha, self.focal_gamma)
+            focal, dice = focal.sum(), dice.sum()
+        else:
+            focal, dice = self._merged_point_losses(
+                point_logits, member_pair, groups.unit_size[match.unit_idx] == 1, gt_points)
+        return {"loss_focal": self.focal_weight * focal / norm,
+                "loss_dice": self.dice_weight * dice / norm}
 
-    def _sample_points(self, merged_probs: torch.Tensor) -> torch.Tensor:
+    def _merged_point_losses(self, point_logits, member_pair, single_pair, gt_points):
+        """Summed focal and dice losses of a layer whose units include merged ones.
+
+        Single-proposal units take the logits path; merged units merge their members'
+        point logits (``MERGE_MODE``) and take the probability path.
+        """
+        single_member = single_pair[member_pair]
+        focal = dice = point_logits.sum() * 0.0
+        if bool(single_member.any()):
+            f, d = sigmoid_focal_dice_loss(
+                point_logits[single_member], gt_points[member_pair[single_member]],
+                self.focal_alpha, self.focal_gamma)
+            focal, dice = focal + f.sum(), dice + d.sum()
+        merged_pairs = (~single_pair).nonzero().squeeze(1)
+        if merged_pairs.numel():
+            compact = torch.cumsum(~single_pair, 0) - 1  # pair -> index among merged pairs
+            rows = ~single_member
+            pp = merge_mask_logits(point_logits[rows], compact[member_pair[rows]],
+                                   merged_pairs.numel(), self.merge_mode)
+            targets = gt_points[merged_pairs].to(pp.prob.dtype)
+            focal = focal + focal_loss(pp, targets, self.focal_alpha, self.focal_gamma).sum()
+            dice = dice + dice_loss(pp.prob, targets).sum()
+        return focal, dice
+
+    def _sample_points(self, source, uncertainty_fn, match: _LayerMatch, targets):
+        """Loss points of every matched pair and the ground truth at them.
+
+        Returns ``(points, gt_points)``: a ``_LossPoints`` (M pairs x P points) and the
+        (M, P) targets (uint8 on pixel centres, float for the detectron2 sampler).
+        """
+        gt_masks = [t["masks"] for t in targets]
         if self.point_sampler == "grid":
-            return sample_uncertain_points_on_grid(
-                _uncertainty(merged_probs),
-                self.num_points,
-                self.oversample_ratio,
+            gt_size = tuple(gt_masks[0].shape[-2:])
+            if any(tuple(m.shape[-2:]) != gt_size for m in gt_masks):
+                raise ValueError(
+                    "All target masks of a batch must have the same (padded) size; got "
+                    f"{sorted({tuple(m.shape[-2:]) for m in gt_masks})}. Pad them to the "
+                    "batch's image size, as the meta-architecture does."
+                )
+            pixels = sample_uncertain_pixels(
+                uncertainty_fn(source), self.num_points, self.oversample_ratio,
+                self.importance_sample_ratio, gt_size,
+            )
+            linear = pixels.linear()
+            read = lambda b, rows: read_mask_pixels(  # noqa: E731
+                gt_masks[b], match.gt_idx[rows], linear[rows])
+            points = _LossPoints(pixels=pixels)
+        else:
+            coords = get_uncertain_point_coords_with_randomness(
+                source[:, None], uncertainty_fn, self.num_points, self.oversample_ratio,
                 self.importance_sample_ratio,
             )
-        return get_uncertain_point_coords_with_randomness(
-            merged_probs[:, None],
-            _uncertainty,
-            self.num_points,
-            self.oversample_ratio,
-            self.importance_sample_ratio,
-        )
+            read = lambda b, rows: sample_binary_masks(  # noqa: E731
+                gt_masks[b], match.gt_idx[rows], coords[rows], self.gt_sample_mode)
+            points = _LossPoints(coords=coords)
+        gt_points, start = [], 0
+        for b, n in enumerate(match.pairs_per_image):
+            if n:
+                gt_points.append(read(b, slice(start, start + n)))
+                start += n
+        return points, torch.cat(gt_points)
 
     def _box_losses(
         self, layer, match: _LayerMatch, targets, gt_prep, norm, pair_sim, context

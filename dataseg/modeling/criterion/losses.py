@@ -13,7 +13,13 @@ from torch.nn import functional as F
 
 from .merge import PointProbs
 
-__all__ = ["focal_loss", "focal_loss_reference", "dice_loss", "class_nll_loss"]
+__all__ = [
+    "focal_loss",
+    "focal_loss_reference",
+    "sigmoid_focal_dice_loss",
+    "dice_loss",
+    "class_nll_loss",
+]
 
 
 def _focal_terms(p, log_p, log_1mp, targets, alpha, gamma):
@@ -95,6 +101,91 @@ def focal_loss(
     targets = targets.to(pred.prob.dtype)
     return _FocalLoss.apply(pred.prob, pred.log_prob, pred.log_one_minus_prob, targets,
                             float(alpha), float(gamma))
+
+
+class _SigmoidFocalDiceLoss(torch.autograd.Function):
+    """Focal and dice losses of single-proposal units straight from their point logits.
+
+    Keeps only the logits and the targets (uint8 for binary ones) for backward and
+    recomputes the rest: the logs-based path keeps six (M, P) float tensors per decoder
+    layer (probabilities, both logs, float targets, twice), ~40 MB per layer at 200 units x
+    12544 points.
+    """
+
+    @staticmethod
+    def _terms(x, t, alpha, gamma):
+        p = torch.sigmoid(x)
+        one_minus_p = 1.0 - p
+        # softplus(x) - t x = max(x, 0) - t x + log(1 + e^-|x|), and
+        # log(1 + e^-|x|) = -log(max(p, 1 - p)): one log, no second exp.
+        ce = torch.maximum(p, one_minus_p).log_().neg_()
+        ce.add_(x.clamp(min=0.0)).sub_(t * x)
+        # 1 - p_t = p (1 - t) + (1 - p) t, written as a sum of non-negative products.
+        one_minus_pt = p * (1.0 - t)
+        one_minus_pt.add_(one_minus_p * t)
+        alpha_t = None if alpha < 0 else t * (2.0 * alpha - 1.0) + (1.0 - alpha)
+        return p, one_minus_p, ce, one_minus_pt, alpha_t
+
+    @staticmethod
+    def forward(ctx, x, targets, alpha, gamma):
+        t = targets.to(x.dtype)
+        p, _, ce, one_minus_pt, alpha_t = _SigmoidFocalDiceLoss._terms(x, t, alpha, gamma)
+        focal = ce.mul_(one_minus_pt.pow_(gamma) if gamma != 1.0 else one_minus_pt)
+        if alpha_t is not None:
+            focal.mul_(alpha_t)
+        numerator = 2.0 * (p * t).sum(-1) + 1.0
+        denominator = p.sum(-1) + t.sum(-1) + 1.0
+        ctx.save_for_backward(x, targets, numerator, denominator)
+        ctx.alpha, ctx.gamma = alpha, gamma
+        return focal.mean(-1), 1.0 - numerator / denominator
+
+    @staticmethod
+    def backward(ctx, grad_focal, grad_dice):
+        x, targets, numerator, denominator = ctx.saved_tensors
+        alpha, gamma = ctx.alpha, ctx.gamma
+        t = targets.to(x.dtype)
+        p, one_minus_p, ce, one_minus_pt, alpha_t = _SigmoidFocalDiceLoss._terms(
+            x, t, alpha, gamma)
+        dp_dx = p * one_minus_p
+        grad = torch.zeros_like(x)
+        if grad_focal is not None:
+            # d/dx [ce w] with w = (1 - p_t)^gamma: (p - t) w + ce gamma (1 - p_t)^(gamma-1)
+            # (1 - 2t) p (1 - p).
+            if gamma != 0.0:
+                dw = one_minus_pt.pow(gamma - 1.0) if gamma != 1.0 else torch.ones_like(x)
+                dw.mul_(gamma).mul_(1.0 - 2.0 * t).mul_(dp_dx).mul_(ce)
+            else:
+                dw = torch.zeros_like(x)
+            w = one_minus_pt.pow_(gamma) if gamma != 1.0 else one_minus_pt
+            dfocal = (p - t).mul_(w).add_(dw)
+            if alpha_t is not None:
+                dfocal.mul_(alpha_t)
+            grad.add_(dfocal.mul_((grad_focal / x.shape[-1]).unsqueeze(-1)))
+        if grad_dice is not None:
+            # dice = 1 - N / D: d/dp_j = (N - 2 t_j D) / D^2.
+            d = denominator.unsqueeze(-1)
+            ddice = (t * (-2.0 * d)).add_(numerator.unsqueeze(-1)).div_(d * d)
+            grad.add_(ddice.mul_(dp_dx).mul_(grad_dice.unsqueeze(-1)))
+        return grad, None, None, None
+
+
+def sigmoid_focal_dice_loss(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+):
+    """Focal (mean over points) and dice losses per row of point LOGITS: two (M,) tensors.
+
+    Equals ``focal_loss`` / ``dice_loss`` of ``sigmoid_with_logs(logits)`` (values and
+    gradients, tested) for units that are one proposal, with far less memory kept for
+    backward.
+
+    Args:
+        logits: (M, P) mask logits at the sampled points.
+        targets: (M, P) targets in [0, 1]; uint8 / bool for binary targets (kept as bytes).
+        alpha, gamma: focal parameters (alpha < 0 disables weighting).
+    """
+    if targets.dtype == torch.bool:
+        targets = targets.view(torch.uint8)
+    return _SigmoidFocalDiceLoss.apply(logits, targets, float(alpha), float(gamma))
 
 
 def focal_loss_reference(

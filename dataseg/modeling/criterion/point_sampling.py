@@ -7,10 +7,21 @@ pixels of every sampled point instead, with the same bilinear weights and zero p
 ``point_sample(..., align_corners=False)``.
 """
 
+import warnings
+from typing import NamedTuple, Tuple
+
 import torch
 from torch.nn import functional as F
 
-__all__ = ["sample_binary_masks", "sample_shared_points", "sample_uncertain_points_on_grid"]
+__all__ = [
+    "PixelPoints",
+    "read_mask_pixels",
+    "bilinear_point_matrix",
+    "sample_binary_masks",
+    "sample_logits_at_pixels",
+    "sample_shared_points",
+    "sample_uncertain_pixels",
+]
 
 
 def sample_binary_masks(
@@ -77,63 +88,244 @@ def sample_binary_masks(
     return out
 
 
-def sample_shared_points(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Sample every channel of a batch of maps at ONE shared set of points.
+def bilinear_point_matrix(coords: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Sparse (P, h*w) matrix whose product with flattened (h, w) maps reads them at points.
 
-    One ``grid_sample`` with the channels as queries, instead of repeating the points per
-    query as ``point_sample`` needs.
+    Row i holds the four bilinear weights of point i (``align_corners=False``, zeros
+    padding: corners outside the map get weight 0), so ``matrix @ maps.flatten(1).t()``
+    equals ``grid_sample`` at the points. When the same points are read from many maps (the
+    matching reads every proposal of every decoder layer at one shared set), the product
+    is ~3x cheaper on CPU than ``grid_sample`` and the matrix is built once.
 
     Args:
-        maps: (B, Q, H, W).
         coords: (P, 2) normalised (x, y) points in [0, 1].
+        size: (h, w) of the maps.
 
     Returns:
-        (B, Q, P).
+        float32 sparse CSR (P, h * w), 4 entries per row.
     """
-    B = maps.shape[0]
-    grid = (2.0 * coords.to(maps.dtype) - 1.0).view(1, -1, 1, 2).expand(B, -1, -1, -1)
-    return F.grid_sample(maps, grid, align_corners=False).squeeze(-1)
+    h, w = size
+    P = coords.shape[0]
+    x = coords[:, 0].float() * w - 0.5
+    y = coords[:, 1].float() * h - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+    cols, weights = [], []
+    for dy, wy in ((0, 1.0 - fy), (1, fy)):
+        for dx, wx in ((0, 1.0 - fx), (1, fx)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+            cols.append(yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1))
+            weights.append(wy * wx * inside)
+    crow = torch.arange(0, 4 * P + 1, 4, device=coords.device)
+    with warnings.catch_warnings():
+        # "Sparse CSR support is in beta": construction and matmul used here are tested
+        # against grid_sample.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            crow, torch.stack(cols, 1).reshape(-1), torch.stack(weights, 1).reshape(-1),
+            size=(P, h * w), check_invariants=False,
+        )
 
 
-def sample_uncertain_points_on_grid(
+def sample_shared_points(maps: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Read every map at ONE shared set of points: (N, h, w) x ``bilinear_point_matrix`` ->
+    (N, P) (a transposed view)."""
+    return (matrix @ maps.reshape(maps.shape[0], -1).t()).t()
+
+
+class PixelPoints(NamedTuple):
+    """Loss points at ground-truth pixel centres (output of ``sample_uncertain_pixels``).
+
+    Attributes:
+        row, col: int16 / int32 (M, P) ground-truth pixel of each point.
+        size: (H, W) of the ground-truth grid.
+    """
+
+    row: torch.Tensor
+    col: torch.Tensor
+    size: Tuple[int, int]
+
+    def linear(self) -> torch.Tensor:
+        """int64 (M, P) ``row * W + col``."""
+        return torch.add(self.col, self.row.long(), alpha=self.size[1])
+
+    def grid(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(M, P, 1, 2) ``grid_sample`` coordinates (align_corners=False) of the pixel centres."""
+        H, W = self.size
+        out = torch.empty(self.row.shape + (1, 2), dtype=dtype, device=self.row.device)
+        # Centre of pixel i in [-1, 1]: (2 i + 1) / size - 1.
+        torch.mul(self.col, 2.0 / W, out=out[..., 0, 0]).add_(1.0 / W - 1.0)
+        torch.mul(self.row, 2.0 / H, out=out[..., 0, 1]).add_(1.0 / H - 1.0)
+        return out
+
+
+def _divmod(a: torch.Tensor, d: int):
+    """(a // d, a % d) for non-negative integer tensors; shifts when d is a power of two
+    (integer division has no vector instructions on CPU and costs several times more)."""
+    if d & (d - 1) == 0:
+        shift = d.bit_length() - 1
+        return a >> shift, a & (d - 1)
+    q = torch.div(a, d, rounding_mode="floor")
+    return q, a - q * d
+
+
+def read_mask_pixels(masks: torch.Tensor, mask_index: torch.Tensor,
+                     pixel: torch.Tensor) -> torch.Tensor:
+    """``masks[mask_index[i]].flatten()[pixel[i, j]]`` as uint8 (M, P); ``pixel`` (M, P) or
+    (P,) int64 linear pixel indices.
+
+    Byte gathers from one flat view: several times faster than bool advanced indexing.
+    """
+    K, H, W = masks.shape
+    M = mask_index.numel()
+    if M == 0:
+        return torch.zeros(0, pixel.shape[-1], dtype=torch.uint8, device=masks.device)
+    flat = masks.reshape(-1)
+    flat = flat.view(torch.uint8) if flat.dtype == torch.bool else flat.to(torch.uint8)
+    index = (mask_index.view(M, 1) * (H * W) + pixel.expand(M, -1)).view(-1)
+    # index_select reads the same bytes as take() ~1.7x faster on CPU.
+    return flat.index_select(0, index).view(M, -1)
+
+
+def _uncertain_cells(uncertainty: torch.Tensor, fraction: float, num: int) -> torch.Tensor:
+    """``num`` cells per row spread evenly over the row's ``fraction`` most uncertain cells.
+
+    The cut-off is the row's (1 - fraction) quantile estimated on 1,024 random cells (the
+    kept fraction is exact to ~1.4 %; detectron2's oversampling is a noisy cut-off too), and
+    the kept cells come out of one ``nonzero`` in index order. Each kept cell then gets
+    ``num / kept`` points (rounded up or down by a random offset per row: systematic
+    sampling, the same mean as independent draws with less variance), so the points of a
+    row are sorted by cell and the later reads are nearly sequential. A full top-k costs
+    about twice as much and returns cells in no useful order.
+
+    Args:
+        uncertainty: (M, N) higher = more uncertain.
+
+    Returns:
+        int64 (M, num) cell indices in 0..N-1, non-decreasing along each row.
+    """
+    M, N = uncertainty.shape
+    device = uncertainty.device
+    probe = torch.randint(0, N, (min(N, 1024),), device=device)
+    sample = uncertainty[:, probe]
+    above = max(1, min(sample.shape[1], round(fraction * sample.shape[1])))
+    cut = sample.kthvalue(sample.shape[1] - above + 1, dim=1, keepdim=True).values
+    kept = uncertainty >= cut  # the probe's own cell is kept: every row keeps >= 1 cell
+    counts = kept.sum(1)
+    cells = kept.view(-1).nonzero().squeeze(1)  # row-major: by row, then by cell
+    starts = counts.cumsum(0) - counts
+    step = counts.to(torch.float64) / num
+    offset = torch.rand(M, 1, device=device, dtype=torch.float64)
+    rank = (torch.arange(num, device=device, dtype=torch.float64) + offset).mul_(step[:, None])
+    rank = torch.minimum(rank.long(), (counts - 1)[:, None])
+    flat = cells[rank.add_(starts[:, None])]
+    return flat.sub_(torch.arange(M, device=device)[:, None] * N)
+
+
+def sample_uncertain_pixels(
     uncertainty: torch.Tensor,
     num_points: int,
     oversample_ratio: float,
     importance_sample_ratio: float,
-) -> torch.Tensor:
-    """PointRend-style importance sampling, selected on the prediction grid.
+    gt_size: Tuple[int, int],
+) -> PixelPoints:
+    """PointRend-style importance sampling of ground-truth pixels, selected on the prediction grid.
 
     detectron2's ``get_uncertain_point_coords_with_randomness`` draws
     ``oversample_ratio * num_points`` uniform points, keeps the ``importance_sample_ratio *
     num_points`` most uncertain and adds uniform points for the rest: the kept points are
     (about) uniform over the ``importance_sample_ratio / oversample_ratio`` most uncertain
-    fraction of the area. This draws from the same distribution on the grid: it keeps that
-    fraction of the pixels by uncertainty and places the points uniformly inside them. On CPU
-    it avoids the 3x oversampled random numbers, the bilinear sampling of them and a large
-    sorted top-k, which dominated the criterion's time.
+    fraction of the area. This samples the same region on pixel grids: it keeps that fraction
+    of the prediction's pixels by uncertainty (``_uncertain_cells``) and places the points on
+    random ground-truth pixels inside them; the rest are uniform ground-truth pixels.
+
+    Points sit at ground-truth pixel centres, so the target is read exactly (no interpolation
+    of a binary mask) and the prediction is read at the points of its bilinear upsampling to
+    the ground-truth grid: the loss estimates the full-resolution loss of
+    ``F.interpolate(pred, gt_size, mode="bilinear")``. On CPU this is several times cheaper
+    than continuous points: no 3x oversampling, one random integer per point instead of two
+    or three random floats, and sorted importance points, so the reads of the masks and of
+    the predictions at them are nearly sequential.
 
     Args:
         uncertainty: (M, h, w) uncertainty of each unit's prediction (higher = sampled more).
         num_points, oversample_ratio, importance_sample_ratio: as in detectron2.
+        gt_size: (H, W) of the ground-truth grid, normally 4x the prediction's (stride 4).
+            Each prediction pixel covers ``ceil(H / h) x ceil(W / w)`` ground-truth pixels,
+            clamped at the last row / column when H / h is not an integer.
 
     Returns:
-        (M, num_points, 2) normalised (x, y) points in [0, 1].
+        PixelPoints of (M, num_points) pixels: first the importance-sampled, then uniform.
     """
     assert oversample_ratio >= 1 and 0 <= importance_sample_ratio <= 1
     M, h, w = uncertainty.shape
+    H, W = (int(v) for v in gt_size)
     device = uncertainty.device
     num_uncertain = int(importance_sample_ratio * num_points)
-    parts = []
+    small = torch.int16 if max(H, W) < 2**15 else torch.int32
+    row = torch.empty(M, num_points, dtype=small, device=device)
+    col = torch.empty(M, num_points, dtype=small, device=device)
     if num_uncertain > 0:
-        k = int(round(importance_sample_ratio / oversample_ratio * h * w))
-        k = max(1, min(h * w, k))
-        top = uncertainty.reshape(M, h * w).topk(k, dim=1, sorted=False).indices
-        pick = torch.randint(0, k, (M, num_uncertain), device=device)
-        pixel = torch.gather(top, 1, pick)
-        jitter = torch.rand(M, num_uncertain, 2, device=device)
-        x = ((pixel % w).to(jitter.dtype) + jitter[..., 0]) / w
-        y = (torch.div(pixel, w, rounding_mode="floor").to(jitter.dtype) + jitter[..., 1]) / h
-        parts.append(torch.stack([x, y], dim=-1))
-    if num_points - num_uncertain > 0:
-        parts.append(torch.rand(M, num_points - num_uncertain, 2, device=device))
-    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        cells = _uncertain_cells(
+            uncertainty.reshape(M, h * w), importance_sample_ratio / oversample_ratio,
+            num_uncertain)
+        cy, cx = _divmod(cells, w)
+        sy, sx = -(-H // h), -(-W // w)
+        sub_y, sub_x = _divmod(
+            torch.randint(0, sy * sx, (M, num_uncertain), device=device, dtype=small), sx)
+        torch.add(sub_y, cy, alpha=sy, out=row[:, :num_uncertain])
+        torch.add(sub_x, cx, alpha=sx, out=col[:, :num_uncertain])
+        if sy * h > H or sx * w > W:
+            row[:, :num_uncertain].clamp_(max=H - 1)
+            col[:, :num_uncertain].clamp_(max=W - 1)
+    if num_points > num_uncertain:
+        rest = torch.randint(0, H * W, (M, num_points - num_uncertain), device=device,
+                             dtype=torch.int32 if H * W < 2**31 else torch.int64)
+        r, c = _divmod(rest, W)
+        row[:, num_uncertain:] = r
+        col[:, num_uncertain:] = c
+    return PixelPoints(row, col, (H, W))
+
+
+class _SampleAtPixels(torch.autograd.Function):
+    """Bilinear reads of maps at ground-truth pixel centres that keep the (int32) pixels.
+
+    ``grid_sample`` would keep its float grid, (M, P, 2): twice the bytes of the int16
+    pixels, 20 MB per decoder layer at 200 units x 12544 points; the grid is rebuilt for
+    backward instead.
+    """
+
+    @staticmethod
+    def forward(ctx, maps, row, col, size, member_pair):
+        grid = PixelPoints(row, col, size).grid(maps.dtype)
+        if member_pair is not None:
+            grid = grid[member_pair]
+        ctx.save_for_backward(maps, row, col, member_pair)
+        ctx.size = size
+        return F.grid_sample(maps[:, None], grid, align_corners=False)[:, 0, :, 0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        maps, row, col, member_pair = ctx.saved_tensors
+        grid = PixelPoints(row, col, ctx.size).grid(maps.dtype)
+        if member_pair is not None:
+            grid = grid[member_pair]
+        grad_maps, _ = torch.ops.aten.grid_sampler_2d_backward(
+            grad[:, None, :, None].contiguous(), maps[:, None], grid,
+            0, 0, False, [True, False],  # bilinear, zeros padding, align_corners=False
+        )
+        return grad_maps[:, 0], None, None, None, None
+
+
+def sample_logits_at_pixels(
+    maps: torch.Tensor, points: "PixelPoints", member_pair=None
+) -> torch.Tensor:
+    """Read maps (N, h, w) bilinearly at ground-truth pixel centres: (N, P).
+
+    Equals ``point_sample(maps[:, None], coords, align_corners=False)[:, 0]`` at the pixel
+    centres (tested). Row i reads ``points.pixel[member_pair[i]]`` (``member_pair`` None:
+    row i).
+    """
+    return _SampleAtPixels.apply(maps, points.row, points.col, tuple(points.size), member_pair)

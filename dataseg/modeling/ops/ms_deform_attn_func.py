@@ -18,10 +18,11 @@ Two implementations with identical semantics:
     out-of-range corners land on zeros (no validity masks), bilinear corner indices and
     weights are computed on contiguous planar tensors, and the gather + weighted sum over
     all levels, points and corners is ONE ``F.embedding_bag(mode="sum")``. Backward is a
-    custom ``autograd.Function``: the sampling-weight gradient is one batched dot product
-    per (sample, corner), the value gradient is the transposed embedding bag (samples
-    grouped by the table row they read), and the location / attention gradients follow
-    from the bilinear chain rule in closed form.
+    custom ``autograd.Function`` that keeps only each sample's base corner row (the other
+    three are per-level constant offsets from it): the sampling-weight gradient is one
+    batched dot product per (sample, corner), the value gradient is the transposed
+    embedding bag (samples grouped by base row, one bag per corner offset), and the
+    location / attention gradients follow from the bilinear chain rule in closed form.
 """
 
 import warnings
@@ -89,14 +90,15 @@ def _padded_table(value, shapes):
 
 
 def _corners(shapes, sampling_locations, s_pad, need_inside=True):
-    """Bilinear corner rows into the padded table and their interpolation factors.
+    """Base corner rows into the padded table and the bilinear interpolation factors.
 
-    Written to allocate few large temporaries (in-place ops, one broadcast for the four
-    corners): on this class of machine fresh allocations page-fault and dominate the cost.
+    Written to allocate few large temporaries (in-place ops): on this class of machine fresh
+    allocations page-fault and dominate the cost.
 
     Returns:
-        index: (B, Q, M, L, P, 4) int32 table rows (int64 for huge tables), corners ordered
-            (y0x0, y0x1, y1x0, y1x1).
+        row: (B, Q, M, L, P) int32 table row (int64 for huge tables) of corner (y0, x0);
+            the other three corners follow from it (``_corner_rows``), so only this is kept
+            for backward.
         fx, fy: (B, Q, M, L, P) fractional parts (the bilinear weights' variables).
         inside: (B, Q, M, L, P) bool, False where clamping moved the point (zero gradient);
             None unless ``need_inside`` (only the location gradient uses it).
@@ -105,7 +107,6 @@ def _corners(shapes, sampling_locations, s_pad, need_inside=True):
     device, dtype = sampling_locations.device, sampling_locations.dtype
     size = torch.tensor(shapes, device=device, dtype=dtype)  # (L, 2) rows (H, W)
     level_h, level_w = size[:, 0].view(L, 1), size[:, 1].view(L, 1)
-    padded_w = level_w + 3
     offsets = [0]
     for h, w in shapes[:-1]:
         offsets.append(offsets[-1] + (h + 3) * (w + 3))
@@ -131,20 +132,31 @@ def _corners(shapes, sampling_locations, s_pad, need_inside=True):
         torch.arange(B, device=device, dtype=torch.float64).view(B, 1, 1, 1, 1) * M
         + torch.arange(M, device=device, dtype=torch.float64).view(1, 1, M, 1, 1)
     ) * s_pad + offsets
-    row = y0.to(torch.float64).mul_(padded_w.to(torch.float64)).add_(x0).add_(base)
-    # int32 rows halve the largest tensor kept for backward (one per corner and sample);
-    # int64 only for tables too large to index with int32.
+    row = y0.to(torch.float64).mul_((level_w + 3).to(torch.float64)).add_(x0).add_(base)
+    # int32 rows halve the index tensors (the rows kept for backward and the four-corner
+    # rows built from them); int64 only for tables too large to index with int32.
     index_dtype = torch.int32 if B * M * s_pad < 2**31 else torch.int64
-    corner_offsets = torch.stack(
-        [torch.zeros_like(padded_w), torch.ones_like(padded_w), padded_w, padded_w + 1], dim=-1
-    ).to(index_dtype)  # (L, 1, 4)
-    index = row.to(index_dtype).unsqueeze(-1) + corner_offsets
-    return index, fx, fy, inside
+    return row.to(index_dtype), fx, fy, inside
 
 
-def _bilinear_weights(fx, fy, attention_weights):
-    """(B, Q, M, L, P, 4) corner weights = attention weight x bilinear factor."""
-    out = fx.new_empty(fx.shape + (4,))
+def _corner_rows(row, shapes):
+    """(..., L, P) base rows -> (..., L, P, 4) rows of the corners (y0x0, y0x1, y1x0, y1x1).
+
+    In the bordered map of width W + 3 the corners sit at the per-level offsets
+    (0, 1, W + 3, W + 4) from (y0, x0), so one broadcast add rebuilds them whenever needed
+    instead of keeping four rows per sample alive until backward.
+    """
+    corner_offsets = torch.tensor(
+        [[0, 1, w + 3, w + 4] for _, w in shapes], device=row.device, dtype=row.dtype
+    ).view(len(shapes), 1, 4)
+    return row.unsqueeze(-1) + corner_offsets
+
+
+def _bilinear_weights(fx, fy, attention_weights, out=None):
+    """(..., 4) corner weights = attention weight x bilinear factor, corners ordered as in
+    ``_corner_rows``. ``out`` may be a strided view (e.g. of a corner-major buffer)."""
+    if out is None:
+        out = fx.new_empty(fx.shape + (4,))
     gx = 1 - fx
     ay = fy * attention_weights  # weight of the y1 row
     gy = attention_weights - ay  # weight of the y0 row
@@ -162,8 +174,11 @@ def _sampled_dot(grad_out, table, index):
     ``sampled_addmm`` computes only the needed dot products (duplicate rows are fine).
     """
     n, bag = index.shape
-    index = index.long()  # CSR row and column indices must share a dtype
-    crow = torch.arange(0, n * bag + 1, bag, device=index.device, dtype=torch.int64)
+    # CSR row and column indices must share a dtype; int32 (the table rows' dtype when the
+    # table fits) avoids widening every index and was measured faster in sampled_addmm.
+    index_dtype = index.dtype if n * bag < 2**31 else torch.int64
+    index = index.to(index_dtype)
+    crow = torch.arange(0, n * bag + 1, bag, device=index.device, dtype=index_dtype)
     with warnings.catch_warnings():
         # "Sparse CSR support is in beta": the op used here is stable and tested against
         # the grid_sample reference.
@@ -177,39 +192,91 @@ def _sampled_dot(grad_out, table, index):
     return out.values().view(n, bag)
 
 
+def _value_gradient(grad_out, row, fx, fy, attn, shapes, s_pad, value_shape):
+    """Transposed embedding bag: scatter ``weight x grad_out[bag]`` back onto the pixels.
+
+    Samples are grouped by the table row they read (one sort) so that ``F.embedding_bag``
+    sums each group into its row. Only the base rows are sorted: the other corners are the
+    same samples shifted by a per-level constant, so one embedding bag per corner over the
+    same grouping (with that corner's bilinear weight) gives the corner's gradient indexed
+    by base row, and shifting it back onto the pixel grid adds the corners up. That sorts
+    and gathers 4x fewer elements than grouping every corner's row; the sorted weights are
+    rebuilt from gathered fx, fy, attn (3 gathers instead of 4).
+
+    Args:
+        grad_out: (B*Q*M, Dh) output gradient, one row per bag.
+        row, fx, fy, attn: (B, Q, M, L, P) base rows and bilinear variables from forward.
+    Returns:
+        (B, S, M, Dh) value gradient.
+    """
+    B, S, M, Dh = value_shape
+    rows_sorted, order = torch.sort(row.reshape(-1))
+    source_bag = order.div(row.shape[-2] * row.shape[-1], rounding_mode="floor")
+    counts = torch.bincount(rows_sorted, minlength=B * M * s_pad)
+    offsets = torch.cumsum(counts, 0).sub_(counts)
+    # Corner-major buffer so that each corner's weights are contiguous for embedding_bag.
+    weights = fx.new_empty(4, order.numel())
+    _bilinear_weights(*(t.reshape(-1).index_select(0, order) for t in (fx, fy, attn)),
+                      out=weights.t())
+    corner_grads = [
+        F.embedding_bag(source_bag, grad_out, offsets, per_sample_weights=w, mode="sum")
+        .view(B, M, s_pad, Dh)
+        for w in weights
+    ]  # per corner (rows, Dh), indexed by base row; empty bags are zero
+
+    # Corner (dy, dx) of base (y0, x0) is pixel (y0 + dy, x0 + dx); border rows are dropped.
+    grad_value = grad_out.new_empty(B, S, M, Dh)
+    start = pad_start = 0
+    for h, w in shapes:
+        n = (h + 3) * (w + 3)
+        g00, g01, g10, g11 = (
+            g[:, :, pad_start:pad_start + n].unflatten(2, (h + 3, w + 3)).permute(0, 2, 3, 1, 4)
+            for g in corner_grads
+        )  # (B, H+3, W+3, M, Dh)
+        out = grad_value[:, start:start + h * w].view(B, h, w, M, Dh)
+        torch.add(g00[:, 1:h + 1, 1:w + 1], g01[:, 1:h + 1, :w], out=out)
+        out += g10[:, :h, 1:w + 1]
+        out += g11[:, :h, :w]
+        start += h * w
+        pad_start += n
+    return grad_value
+
+
 class _MSDeformAttnEmbeddingBag(torch.autograd.Function):
     @staticmethod
     def forward(ctx, value, sampling_locations, attention_weights, shapes):
         B, S, M, Dh = value.shape
         _, Q, _, L, P, _ = sampling_locations.shape
         table, s_pad = _padded_table(value, shapes)
-        index, fx, fy, inside = _corners(shapes, sampling_locations, s_pad,
-                                         need_inside=ctx.needs_input_grad[1])
+        row, fx, fy, inside = _corners(shapes, sampling_locations, s_pad,
+                                       need_inside=ctx.needs_input_grad[1])
         weights = _bilinear_weights(fx, fy, attention_weights)
         bag = L * P * 4
         out = F.embedding_bag(
-            index.view(-1, bag), table, per_sample_weights=weights.view(-1, bag), mode="sum"
+            _corner_rows(row, shapes).view(-1, bag), table,
+            per_sample_weights=weights.view(-1, bag), mode="sum",
         )  # (B*Q*M, Dh)
-        ctx.save_for_backward(table, index, fx, fy, inside, attention_weights)
+        ctx.save_for_backward(table, row, fx, fy, inside, attention_weights)
         ctx.shapes = shapes
+        ctx.s_pad = s_pad
         ctx.value_shape = value.shape
         return out.view(B, Q, M * Dh)
 
     @staticmethod
     def backward(ctx, grad_out):
-        table, index, fx, fy, inside, attn = ctx.saved_tensors
+        table, row, fx, fy, inside, attn = ctx.saved_tensors
         shapes = ctx.shapes
         B, S, M, Dh = ctx.value_shape
         _, Q, _, L, P = attn.shape
         bag = L * P * 4
-        grad_out = grad_out.contiguous().view(B * Q * M, 1, Dh)
+        grad_out = grad_out.contiguous().view(B * Q * M, Dh)
         need_value, need_loc, need_attn = ctx.needs_input_grad[:3]
 
         grad_value = grad_loc = grad_attn = None
         if need_loc or need_attn:
             # d out / d weight[sample, corner] = value row of that corner: one batched dot
             # product of the bag's output gradient with its gathered rows.
-            gw = _sampled_dot(grad_out.view(B * Q * M, Dh), table, index.view(B * Q * M, bag))
+            gw = _sampled_dot(grad_out, table, _corner_rows(row, shapes).view(B * Q * M, bag))
             gw = gw.view(B, Q, M, L, P, 4)
             g00, g01, g10, g11 = gw.unbind(-1)
             gx, gy = 1 - fx, 1 - fy
@@ -226,27 +293,8 @@ class _MSDeformAttnEmbeddingBag(torch.autograd.Function):
                 d_fy *= size[:, 0].view(L, 1)
                 grad_loc = torch.stack([d_fx, d_fy], dim=-1)
         if need_value:
-            weights = _bilinear_weights(fx, fy, attn).reshape(-1)
-            flat_index = index.reshape(-1)
-            # Transposed embedding bag: group samples by the table row they read (sort), and
-            # let one embedding_bag sum grad_out[bag of sample] * weight into each row.
-            order = torch.argsort(flat_index)
-            rows_sorted = flat_index[order]
-            source_bag = torch.div(order, bag, rounding_mode="floor")
-            counts = torch.bincount(rows_sorted, minlength=table.shape[0])
-            offsets = torch.cumsum(counts, 0) - counts
-            grad_table = F.embedding_bag(
-                source_bag, grad_out.view(B * Q * M, Dh), offsets,
-                per_sample_weights=weights[order], mode="sum",
-            )  # (rows, Dh); empty bags are zero
-            grad_table = grad_table.view(B, M, -1, Dh)
-            pieces, start = [], 0
-            for h, w in shapes:
-                n = (h + 3) * (w + 3)
-                g = grad_table[:, :, start:start + n].view(B, M, h + 3, w + 3, Dh)
-                pieces.append(g[:, :, 1:-2, 1:-2].permute(0, 2, 3, 1, 4).reshape(B, h * w, M, Dh))
-                start += n
-            grad_value = torch.cat(pieces, dim=1)
+            grad_value = _value_gradient(grad_out, row, fx, fy, attn, shapes, ctx.s_pad,
+                                         ctx.value_shape)
         return grad_value, grad_loc, grad_attn, None
 
 
