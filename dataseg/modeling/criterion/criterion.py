@@ -36,7 +36,6 @@ from .merge import (
 )
 from .point_sampling import (
     PixelPoints,
-    bilinear_point_matrix,
     read_mask_pixels,
     sample_binary_masks,
     sample_logits_at_pixels,
@@ -276,10 +275,9 @@ class MergeCriterion(nn.Module):
             gt_prep = [
                 box_projection_targets(t["boxes"].to(device), (h, w), (H, W)) for t in targets
             ]
-            match_coords = match_points = None
+            match_coords = None
         else:
             match_coords = torch.rand(self.num_points, 2, device=device)
-            match_points = bilinear_point_matrix(match_coords, (h, w))
             gt_prep = [
                 sample_binary_masks(
                     t["masks"], torch.arange(len(t["masks"]), device=device), match_coords,
@@ -302,7 +300,7 @@ class MergeCriterion(nn.Module):
                 raise ValueError(
                     f"Task {context.task!r} is box-supervised; its MERGE must not merge."
                 )
-            matches.append(self._match(layer, groups, targets, gt_prep, match_points, box_task))
+            matches.append(self._match(layer, groups, targets, gt_prep, match_coords, box_task))
 
         counts = torch.tensor(
             [float(m.unit_idx.numel()) for m in matches], device=device
@@ -358,7 +356,7 @@ class MergeCriterion(nn.Module):
         # Masks are predicted at stride 4 of the padded image (docs/interfaces.md).
         return (4 * h, 4 * w)
 
-    def _match(self, layer, groups, targets, gt_prep, match_points, box_task) -> _LayerMatch:
+    def _match(self, layer, groups, targets, gt_prep, match_coords, box_task) -> _LayerMatch:
         logits = layer["pred_logits"]
         masks = layer["pred_masks"]
         B, Q, C1 = logits.shape
@@ -371,10 +369,9 @@ class MergeCriterion(nn.Module):
             if box_task:
                 px, py = (v.detach() for v in layer["_projections"])
             else:
-                point_logits = sample_shared_points(
-                    masks.detach().float().flatten(0, 1), match_points)
+                point_logits = sample_shared_points(masks.detach().float(), match_coords)
                 pp = merge_mask_logits(
-                    point_logits,
+                    point_logits.flatten(0, 1),
                     groups.unit_of_query,
                     groups.num_units,
                     self.merge_mode,

@@ -7,7 +7,6 @@ pixels of every sampled point instead, with the same bilinear weights and zero p
 ``point_sample(..., align_corners=False)``.
 """
 
-import warnings
 from typing import NamedTuple, Tuple
 
 import torch
@@ -16,7 +15,6 @@ from torch.nn import functional as F
 __all__ = [
     "PixelPoints",
     "read_mask_pixels",
-    "bilinear_point_matrix",
     "sample_binary_masks",
     "sample_logits_at_pixels",
     "sample_shared_points",
@@ -88,51 +86,22 @@ def sample_binary_masks(
     return out
 
 
-def bilinear_point_matrix(coords: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Sparse (P, h*w) matrix whose product with flattened (h, w) maps reads them at points.
+def sample_shared_points(maps: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Sample every channel of a batch of maps at ONE shared set of points.
 
-    Row i holds the four bilinear weights of point i (``align_corners=False``, zeros
-    padding: corners outside the map get weight 0), so ``matrix @ maps.flatten(1).t()``
-    equals ``grid_sample`` at the points. When the same points are read from many maps (the
-    matching reads every proposal of every decoder layer at one shared set), the product
-    is ~3x cheaper on CPU than ``grid_sample`` and the matrix is built once.
+    One ``grid_sample`` with the channels as queries, instead of repeating the points per
+    query as ``point_sample`` needs.
 
     Args:
+        maps: (B, Q, H, W).
         coords: (P, 2) normalised (x, y) points in [0, 1].
-        size: (h, w) of the maps.
 
     Returns:
-        float32 sparse CSR (P, h * w), 4 entries per row.
+        (B, Q, P).
     """
-    h, w = size
-    P = coords.shape[0]
-    x = coords[:, 0].float() * w - 0.5
-    y = coords[:, 1].float() * h - 0.5
-    x0, y0 = x.floor(), y.floor()
-    fx, fy = x - x0, y - y0
-    x0, y0 = x0.long(), y0.long()
-    cols, weights = [], []
-    for dy, wy in ((0, 1.0 - fy), (1, fy)):
-        for dx, wx in ((0, 1.0 - fx), (1, fx)):
-            yy, xx = y0 + dy, x0 + dx
-            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            cols.append(yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1))
-            weights.append(wy * wx * inside)
-    crow = torch.arange(0, 4 * P + 1, 4, device=coords.device)
-    with warnings.catch_warnings():
-        # "Sparse CSR support is in beta": construction and matmul used here are tested
-        # against grid_sample.
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(
-            crow, torch.stack(cols, 1).reshape(-1), torch.stack(weights, 1).reshape(-1),
-            size=(P, h * w), check_invariants=False,
-        )
-
-
-def sample_shared_points(maps: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """Read every map at ONE shared set of points: (N, h, w) x ``bilinear_point_matrix`` ->
-    (N, P) (a transposed view)."""
-    return (matrix @ maps.reshape(maps.shape[0], -1).t()).t()
+    B = maps.shape[0]
+    grid = (2.0 * coords.to(maps.dtype) - 1.0).view(1, -1, 1, 2).expand(B, -1, -1, -1)
+    return F.grid_sample(maps, grid, align_corners=False).squeeze(-1)
 
 
 class PixelPoints(NamedTuple):
@@ -192,36 +161,59 @@ def read_mask_pixels(masks: torch.Tensor, mask_index: torch.Tensor,
 def _uncertain_cells(uncertainty: torch.Tensor, fraction: float, num: int) -> torch.Tensor:
     """``num`` cells per row spread evenly over the row's ``fraction`` most uncertain cells.
 
-    The cut-off is the row's (1 - fraction) quantile estimated on 1,024 random cells (the
-    kept fraction is exact to ~1.4 %; detectron2's oversampling is a noisy cut-off too), and
-    the kept cells come out of one ``nonzero`` in index order. Each kept cell then gets
-    ``num / kept`` points (rounded up or down by a random offset per row: systematic
+    The cut-off is each row's (1 - fraction) quantile estimated on 1,024 random cells of the
+    row (the kept fraction is exact to ~1.4 %; detectron2's oversampling is a noisy cut-off
+    too), and the kept cells come out of one ``nonzero`` in index order. Each kept cell then
+    gets ``num / kept`` points (rounded up or down by a random offset per row: systematic
     sampling, the same mean as independent draws with less variance), so the points of a
     row are sorted by cell and the later reads are nearly sequential. A full top-k costs
     about twice as much and returns cells in no useful order.
 
     Args:
-        uncertainty: (M, N) higher = more uncertain.
+        uncertainty: (M, N) higher = more uncertain, N < 2**31.
 
     Returns:
-        int64 (M, num) cell indices in 0..N-1, non-decreasing along each row.
+        int32 (M, num) cell indices in 0..N-1, non-decreasing along each row.
     """
     M, N = uncertainty.shape
     device = uncertainty.device
-    probe = torch.randint(0, N, (min(N, 1024),), device=device)
-    sample = uncertainty[:, probe]
+    probe = torch.randint(0, N, (M, min(N, 1024)), device=device)
+    sample = torch.gather(uncertainty, 1, probe)
     above = max(1, min(sample.shape[1], round(fraction * sample.shape[1])))
     cut = sample.kthvalue(sample.shape[1] - above + 1, dim=1, keepdim=True).values
-    kept = uncertainty >= cut  # the probe's own cell is kept: every row keeps >= 1 cell
-    counts = kept.sum(1)
-    cells = kept.view(-1).nonzero().squeeze(1)  # row-major: by row, then by cell
-    starts = counts.cumsum(0) - counts
-    step = counts.to(torch.float64) / num
-    offset = torch.rand(M, 1, device=device, dtype=torch.float64)
-    rank = (torch.arange(num, device=device, dtype=torch.float64) + offset).mul_(step[:, None])
-    rank = torch.minimum(rank.long(), (counts - 1)[:, None])
-    flat = cells[rank.add_(starts[:, None])]
-    return flat.sub_(torch.arange(M, device=device)[:, None] * N)
+    kept = uncertainty >= cut  # the probed cell at the cut is kept: every row keeps >= 1
+    counts = kept.sum(1, dtype=torch.int32)
+    # Row-major flat indices of the kept cells (by row, then by cell); int32 arithmetic is
+    # ~3x faster than int64 on CPU (half the bytes, vectorised).
+    cells = kept.view(-1).nonzero().squeeze(1).int()
+    cells -= torch.repeat_interleave(
+        torch.arange(M, device=device, dtype=torch.int32) * N, counts, output_size=cells.numel())
+    starts = counts.cumsum(0, dtype=torch.int32) - counts
+    # Float32 is exact enough here: an off-by-one rank only moves a point to the next kept cell.
+    step = counts.float() / num
+    offset = torch.rand(M, 1, device=device)
+    rank = (torch.arange(num, device=device, dtype=torch.float32) + offset).mul_(step[:, None])
+    rank = torch.minimum(rank.int(), (counts - 1)[:, None]).add_(starts[:, None])
+    return cells[rank]
+
+
+def _random_below(high: int, shape, device) -> torch.Tensor:
+    """int32 uniform integers in [0, high) of ``shape``.
+
+    For a small power of two (the sub-pixel of a 4x4 block), several values are cut from
+    each 30-bit draw: the generator's cost is per draw, not per bit.
+    """
+    bits = high.bit_length() - 1
+    if high & (high - 1) or bits == 0 or bits > 10:
+        return torch.randint(0, high, shape, device=device, dtype=torch.int32)
+    per_draw = 30 // bits
+    count = 1
+    for n in shape:
+        count *= n
+    draws = torch.randint(0, 1 << (bits * per_draw), (-(-count // per_draw), 1), device=device,
+                          dtype=torch.int32)
+    shifts = torch.arange(0, bits * per_draw, bits, device=device, dtype=torch.int32)
+    return ((draws >> shifts) & (high - 1)).view(-1)[:count].view(shape)
 
 
 def sample_uncertain_pixels(
@@ -273,8 +265,7 @@ def sample_uncertain_pixels(
             num_uncertain)
         cy, cx = _divmod(cells, w)
         sy, sx = -(-H // h), -(-W // w)
-        sub_y, sub_x = _divmod(
-            torch.randint(0, sy * sx, (M, num_uncertain), device=device, dtype=small), sx)
+        sub_y, sub_x = _divmod(_random_below(sy * sx, (M, num_uncertain), device), sx)
         torch.add(sub_y, cy, alpha=sy, out=row[:, :num_uncertain])
         torch.add(sub_x, cx, alpha=sx, out=col[:, :num_uncertain])
         if sy * h > H or sx * w > W:
