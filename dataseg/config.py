@@ -55,6 +55,10 @@ def add_dataseg_config(cfg):
     # the pure-PyTorch path (runs everywhere). Both mean the fast embedding-bag path today;
     # "grid_sample" selects the slower per-level F.grid_sample reference.
     D.PIXEL_DECODER.MSDA_IMPL = "auto"
+    # Recompute each encoder layer's FFN in backward instead of keeping its hidden activation
+    # (1024 x tokens: 44 MB per layer at batch 2, 512x512; ~6 % of the training peak) for
+    # about 1 % more step time. Numerically identical.
+    D.PIXEL_DECODER.RECOMPUTE_FFN = True
 
     # ---- transformer (query) decoder (not in the paper: Mask2Former masked attention) -----
     D.DECODER = CN()
@@ -127,6 +131,12 @@ def add_dataseg_config(cfg):
     D.CRITERION.TRAIN_NUM_POINTS = 12544
     D.CRITERION.OVERSAMPLE_RATIO = 3.0
     D.CRITERION.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # "grid": the uncertain region picked on the prediction grid, points at ground-truth pixel
+    # centres (fast on CPU); "detectron2": Mask2Former's continuous oversampled points.
+    D.CRITERION.POINT_SAMPLER = "grid"
+    # How masks are read at continuous points (matching, "detectron2" sampler): "nearest"
+    # or "bilinear" (Mask2Former).
+    D.CRITERION.GT_SAMPLE_MODE = "nearest"
     # BoxInst pairwise colour-affinity term for box data (off: not drawn in the paper).
     D.CRITERION.PAIRWISE = CN()
     D.CRITERION.PAIRWISE.ENABLED = False

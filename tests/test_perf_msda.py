@@ -69,3 +69,37 @@ def test_fast_path_matches_grid_sample_values_and_grads():
         results.append((out.detach(), v.grad, lc.grad, a.grad))
     for fast, ref in zip(*results):
         torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_recomputed_ffn_matches_and_keeps_less_for_backward():
+    from dataseg.modeling.pixel_decoder.deformable_encoder import DeformableEncoderLayer
+
+    torch.manual_seed(0)
+    plain = DeformableEncoderLayer(d_model=16, dim_feedforward=64, n_levels=2, n_heads=2,
+                                   n_points=2)
+    recompute = DeformableEncoderLayer(d_model=16, dim_feedforward=64, n_levels=2, n_heads=2,
+                                       n_points=2, recompute_ffn=True)
+    recompute.load_state_dict(plain.state_dict())
+    shapes = [(4, 5), (2, 3)]
+    S = sum(h * w for h, w in shapes)
+    g = torch.Generator().manual_seed(1)
+    src = torch.randn(2, S, 16, generator=g)
+    pos = torch.randn(2, S, 16, generator=g)
+    ref = torch.rand(2, S, 2, 2, generator=g)
+    results = []
+    for layer in (plain, recompute):
+        x = src.clone().requires_grad_(True)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: saved.append(t.numel()) or t, lambda t: t):
+            out = layer(x, pos, ref, shapes)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), x.grad, [p.grad for p in layer.parameters()],
+                        sum(saved)))
+    (out_a, gx_a, gp_a, saved_a), (out_b, gx_b, gp_b, saved_b) = results
+    torch.testing.assert_close(out_a, out_b)
+    torch.testing.assert_close(gx_a, gx_b)
+    for a, b in zip(gp_a, gp_b):
+        torch.testing.assert_close(a, b)
+    # The hidden activation (2 x S x 64 values) is no longer kept.
+    assert saved_a - saved_b >= 2 * S * 64

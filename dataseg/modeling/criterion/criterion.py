@@ -167,11 +167,13 @@ class MergeCriterion(nn.Module):
             dataset_loss_weights: multiplier of every loss of a dataset, by dataset name
                 (missing names: 1.0).
             gt_sample_mode: how ground-truth masks (4x the prediction resolution) are read at
-                the sampled points: "nearest" (default: one byte read per point, 4x cheaper)
-                or "bilinear" (= ``point_sample`` of the float masks, as Mask2Former).
+                continuous points (the matching points, and the loss points of the
+                "detectron2" sampler): "nearest" (default: one byte read per point, 4x
+                cheaper) or "bilinear" (= ``point_sample`` of the float masks, as Mask2Former).
             point_sampler: importance sampling of the loss points: "grid" (default,
-                ``sample_uncertain_points_on_grid``: same distribution, several times faster
-                on CPU) or "detectron2" (``get_uncertain_point_coords_with_randomness``).
+                ``sample_uncertain_pixels``: the same uncertain region, points at
+                ground-truth pixel centres, several times faster on CPU) or "detectron2"
+                (``get_uncertain_point_coords_with_randomness``, continuous points).
         """
         super().__init__()
         if merge_mode not in MERGE_MODES:
@@ -201,9 +203,15 @@ class MergeCriterion(nn.Module):
         self.pixel_std = tuple(pixel_std)
         self.input_format = input_format
         self.dataset_loss_weights = dict(dataset_loss_weights or {})
+        if gt_sample_mode not in ("nearest", "bilinear"):
+            raise ValueError(
+                "MODEL.DATASEG.CRITERION.GT_SAMPLE_MODE must be 'nearest' or 'bilinear', got "
+                f"{gt_sample_mode!r}")
         self.gt_sample_mode = gt_sample_mode
         if point_sampler not in ("grid", "detectron2"):
-            raise ValueError(f"point_sampler must be 'grid' or 'detectron2', got {point_sampler!r}")
+            raise ValueError(
+                "MODEL.DATASEG.CRITERION.POINT_SAMPLER must be 'grid' or 'detectron2', got "
+                f"{point_sampler!r}")
         self.point_sampler = point_sampler
 
     @classmethod
@@ -250,6 +258,8 @@ class MergeCriterion(nn.Module):
             "pixel_std": list(cfg.MODEL.PIXEL_STD),
             "input_format": cfg.INPUT.FORMAT,
             "dataset_loss_weights": dict(zip(train, (float(w) for w in weights))),
+            "gt_sample_mode": c.GT_SAMPLE_MODE,
+            "point_sampler": c.POINT_SAMPLER,
         }
 
     # --------------------------------------------------------------------------------------
@@ -437,7 +447,13 @@ class MergeCriterion(nn.Module):
             # Every unit is one proposal: members in pair order, no reordering copies.
             members = groups.unit_rep[match.unit_idx]
             member_pair = None
-        member_logits = flat_masks[members]  # (Nm, h, w)
+        if members.numel() == flat_masks.shape[0] and bool(
+                (members == torch.arange(members.numel(), device=members.device)).all()):
+            # Every proposal is matched (crowded images): skip the copy, which backward
+            # would keep (13 MB per layer at batch 2 x 100 queries).
+            member_logits = flat_masks
+        else:
+            member_logits = flat_masks[members]  # (Nm, h, w)
         with torch.no_grad():
             if member_pair is None:
                 # Mask2Former's uncertainty of a single proposal: -|logit|.

@@ -6,6 +6,7 @@ from typing import List, Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..ops import MSDeformAttn
 
@@ -19,11 +20,14 @@ class DeformableEncoderLayer(nn.Module):
         d_model, n_levels, n_heads, n_points, impl: see ``MSDeformAttn``.
         dim_feedforward: FFN hidden width.
         dropout: dropout after attention and inside the FFN.
+        recompute_ffn: in training, keep only the FFN's input for backward and recompute
+            its hidden activation (the layer's largest, 4x the model width) there.
     """
 
     def __init__(self, d_model=256, dim_feedforward=1024, dropout=0.0, n_levels=3,
-                 n_heads=8, n_points=4, impl="auto"):
+                 n_heads=8, n_points=4, impl="auto", recompute_ffn=False):
         super().__init__()
+        self.recompute_ffn = recompute_ffn
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, impl=impl)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -34,9 +38,15 @@ class DeformableEncoderLayer(nn.Module):
     def forward(self, src, pos, reference_points, spatial_shapes):
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes)
         src = self.norm1(src + self.dropout(attn))
-        # In-place ReLU: the hidden activation is the layer's largest temporary.
-        ffn = self.linear2(self.dropout(F.relu(self.linear1(src), inplace=True)))
+        if self.recompute_ffn and torch.is_grad_enabled() and src.requires_grad:
+            ffn = checkpoint(self._ffn, src, use_reentrant=False)
+        else:
+            ffn = self._ffn(src)
         return self.norm2(src + self.dropout(ffn))
+
+    def _ffn(self, src):
+        # In-place ReLU: the hidden activation is the layer's largest temporary.
+        return self.linear2(self.dropout(F.relu(self.linear1(src), inplace=True)))
 
 
 class DeformableEncoder(nn.Module):

@@ -49,6 +49,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         num_encoder_layers, nheads, num_points, dim_feedforward, dropout: encoder shape.
         common_stride: stride of the mask features.
         msda_impl: deformable-attention implementation (see ``ops.resolve_msda_impl``).
+        recompute_ffn: recompute the encoder FFNs in backward (see ``DeformableEncoderLayer``).
     """
 
     @configurable
@@ -68,6 +69,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         dropout: float = 0.0,
         common_stride: int = 4,
         msda_impl: str = "auto",
+        recompute_ffn: bool = False,
     ):
         super().__init__()
         missing = [f for f in in_features if f not in input_shape]
@@ -115,6 +117,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         layer = DeformableEncoderLayer(
             d_model=conv_dim, dim_feedforward=dim_feedforward, dropout=dropout,
             n_levels=num_levels, n_heads=nheads, n_points=num_points, impl=msda_impl,
+            recompute_ffn=recompute_ffn,
         )
         self.encoder = DeformableEncoder(layer, num_encoder_layers)
 
@@ -151,6 +154,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "dropout": pd.DROPOUT,
             "common_stride": pd.COMMON_STRIDE,
             "msda_impl": pd.MSDA_IMPL,
+            "recompute_ffn": pd.RECOMPUTE_FFN,
         }
 
     def forward(self, features: Dict[str, torch.Tensor]):
