@@ -69,8 +69,38 @@ def test_decoder_predictions_and_attention_mask():
     _, attn_mask = dec._predict(torch.zeros(2, 5, 32), -torch.ones(2, 16, 16, 24), (4, 6))
     masks = dec._predict(torch.zeros(2, 5, 32), -torch.ones(2, 16, 16, 24), (4, 6))[0]
     hidden = masks["pred_masks"] < 0
-    assert attn_mask.shape == (2 * 4, 5, 24)
-    assert (~attn_mask[hidden.flatten(2).all(-1).repeat_interleave(4, 0)]).all()
+    assert attn_mask.shape == (2, 5, 24)  # one mask for all heads
+    assert (~attn_mask[hidden.flatten(2).all(-1)]).all()
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_head_shared_attention_equals_multihead_attention(with_mask):
+    from dataseg.modeling.transformer_decoder.masked_attention_decoder import (
+        multihead_attention,
+    )
+
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    q, k = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    v = torch.randn(2, 7, 32)
+    hidden = (torch.rand(2, 5, 7) > 0.6) if with_mask else None
+    if with_mask:
+        hidden[:, :, 0] = False  # every query sees something
+    outs, grads = [], []
+    for fn in ("ours", "torch"):
+        inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        attn.zero_grad()
+        if fn == "ours":
+            out = multihead_attention(attn, *inputs, hidden=hidden)
+        else:
+            mask = None if hidden is None else hidden.repeat_interleave(4, dim=0)
+            out = attn(*inputs, attn_mask=mask, need_weights=False)[0]
+        out.pow(2).sum().backward()
+        outs.append(out.detach())
+        grads.append([t.grad for t in inputs] + [p.grad.clone() for p in attn.parameters()])
+    torch.testing.assert_close(outs[0], outs[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_resize_to_original_matches_two_step_resize():
