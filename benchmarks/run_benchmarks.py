@@ -118,16 +118,6 @@ def _sdpa_macs(inputs, outputs):
     return 2 * _prod(q) * lk
 
 
-def _native_mha_macs(inputs, outputs):
-    """``_native_multi_head_attention`` (nn.MultiheadAttention fast path): in/out projections
-    + attention. Inputs: query (B, Lq, E), key (B, Lk, E), value, E, heads, ..."""
-    q, k, v = (_shape(x) for x in inputs[:3])
-    E = q[-1]
-    B, lq, lk = q[0], q[-2], k[-2]
-    proj = (B * lq * E + B * lk * E + B * v[-2] * E) * E + B * lq * E * E
-    return proj + 2 * B * lq * lk * E
-
-
 def _embedding_bag_macs(inputs, outputs):
     """embedding_bag with per-sample weights: one multiply-add per index and channel."""
     weight, indices = _shape(inputs[0]), _shape(inputs[1])
@@ -145,7 +135,6 @@ EXTRA_FLOP_HANDLES = {
     "prim::PythonOp._MSDeformAttnEmbeddingBag": _python_op_macs,
     "prim::PythonOp": _python_op_macs,
     "aten::scaled_dot_product_attention": _sdpa_macs,
-    "aten::_native_multi_head_attention": _native_mha_macs,
     "aten::embedding_bag": _embedding_bag_macs,
     "aten::_embedding_bag": _embedding_bag_macs,
 }

@@ -113,7 +113,7 @@ class _SigmoidFocalDiceLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def _terms(x, t, alpha, gamma):
+    def _terms(x, t, alpha):
         p = torch.sigmoid(x)
         one_minus_p = 1.0 - p
         # softplus(x) - t x = max(x, 0) - t x + log(1 + e^-|x|), and
@@ -129,7 +129,7 @@ class _SigmoidFocalDiceLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, targets, alpha, gamma):
         t = targets.to(x.dtype)
-        p, _, ce, one_minus_pt, alpha_t = _SigmoidFocalDiceLoss._terms(x, t, alpha, gamma)
+        p, _, ce, one_minus_pt, alpha_t = _SigmoidFocalDiceLoss._terms(x, t, alpha)
         focal = ce.mul_(one_minus_pt.pow_(gamma) if gamma != 1.0 else one_minus_pt)
         if alpha_t is not None:
             focal.mul_(alpha_t)
@@ -144,8 +144,7 @@ class _SigmoidFocalDiceLoss(torch.autograd.Function):
         x, targets, numerator, denominator = ctx.saved_tensors
         alpha, gamma = ctx.alpha, ctx.gamma
         t = targets.to(x.dtype)
-        p, one_minus_p, ce, one_minus_pt, alpha_t = _SigmoidFocalDiceLoss._terms(
-            x, t, alpha, gamma)
+        p, one_minus_p, ce, one_minus_pt, alpha_t = _SigmoidFocalDiceLoss._terms(x, t, alpha)
         dp_dx = p * one_minus_p
         grad = torch.zeros_like(x)
         if grad_focal is not None:

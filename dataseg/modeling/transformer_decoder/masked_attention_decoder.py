@@ -155,7 +155,6 @@ class MaskedAttentionDecoder(nn.Module):
         super().__init__()
         self.num_layers = num_layers
         self.num_queries = num_queries
-        self.nheads = nheads
         self.pos_embed = PositionEmbeddingSine(hidden_dim // 2)
         self.cross_attn = nn.ModuleList(
             _AttentionBlock(hidden_dim, nheads, dropout, pre_norm) for _ in range(num_layers))
