@@ -14,6 +14,7 @@ from detectron2.utils.events import get_event_storage
 
 from .criterion import TASKS, CriterionContext, build_criterion
 from .pixel_decoder import build_pixel_decoder
+from .pointwise_conv import convert_pointwise_convs
 from .postprocessing import (
     TEST_OUTPUTS,
     instance_inference,
@@ -61,6 +62,8 @@ class DaTaSeg(nn.Module):
         size_divisibility: pad batched images to a multiple of this.
         object_mask_threshold, overlap_threshold: panoptic inference thresholds.
         instances_per_image: top-k of instance inference.
+        cpu_pointwise_gemm: run the 1x1 convolutions as matrix products on CPU
+            (``convert_pointwise_convs``; same outputs and state dict).
     """
 
     @configurable
@@ -78,6 +81,7 @@ class DaTaSeg(nn.Module):
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
         instances_per_image: int = 100,
+        cpu_pointwise_gemm: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -85,6 +89,8 @@ class DaTaSeg(nn.Module):
         self.transformer_decoder = transformer_decoder
         self.classifier = classifier
         self.criterion = criterion
+        if cpu_pointwise_gemm:
+            convert_pointwise_convs(self)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         backbone_div = getattr(backbone, "size_divisibility", 0) or 0
@@ -115,6 +121,7 @@ class DaTaSeg(nn.Module):
             "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
             "instances_per_image": d.TEST.INSTANCES_PER_IMAGE,
+            "cpu_pointwise_gemm": d.CPU_POINTWISE_GEMM,
         }
 
     @property

@@ -45,8 +45,11 @@ class DeformableEncoderLayer(nn.Module):
         return self.norm2(src + self.dropout(ffn))
 
     def _ffn(self, src):
-        # In-place ReLU: the hidden activation is the layer's largest temporary.
-        return self.linear2(self.dropout(F.relu(self.linear1(src), inplace=True)))
+        # In-place ReLU: the hidden activation is the layer's largest temporary. The linears
+        # run on 2-D tokens so that the hidden is not a view: an in-place op on a view makes
+        # autograd rebuild the base in backward (a zero fill + copy of the hidden per layer).
+        hidden = F.relu(self.linear1(src.flatten(0, -2)), inplace=True)
+        return self.linear2(self.dropout(hidden)).view(src.shape)
 
 
 class DeformableEncoder(nn.Module):
