@@ -130,8 +130,15 @@ def _matmul_macs(inputs, outputs):
     return _prod(out) * a[-1]
 
 
+def _baddbmm_macs(inputs, outputs):
+    """baddbmm(bias, (B, n, k), (B, k, m)): the 1x1 convolutions run as GEMMs on CPU."""
+    a, out = _shape(inputs[1]), _shape(outputs[0])
+    return _prod(out) * a[-1]
+
+
 EXTRA_FLOP_HANDLES = {
     "aten::matmul": _matmul_macs,
+    "aten::baddbmm": _baddbmm_macs,
     "prim::PythonOp._MSDeformAttnEmbeddingBag": _python_op_macs,
     "prim::PythonOp": _python_op_macs,
     "aten::scaled_dot_product_attention": _sdpa_macs,

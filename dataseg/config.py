@@ -60,8 +60,8 @@ def add_dataseg_config(cfg):
     # "grid_sample" selects the slower per-level F.grid_sample reference.
     D.PIXEL_DECODER.MSDA_IMPL = "auto"
     # Recompute each encoder layer's FFN in backward instead of keeping its hidden activation
-    # (1024 x tokens: 44 MB per layer at batch 2, 512x512; ~6 % of the training peak) for
-    # about 1 % more step time. Numerically identical.
+    # (1024 x tokens: 44 MB per layer at batch 2, 512x512): R50 training peak 4.11 instead of
+    # 4.40 GiB for ~4 % more step time (0.35 s at 512x512 on 2 cores). Numerically identical.
     D.PIXEL_DECODER.RECOMPUTE_FFN = True
 
     # ---- transformer (query) decoder (not in the paper: Mask2Former masked attention) -----
