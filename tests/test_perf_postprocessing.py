@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dataseg.modeling.postprocessing import panoptic_inference, resize_to_original
+from dataseg.modeling.postprocessing import (
+    _count_true,
+    instance_inference,
+    panoptic_inference,
+    resize_to_original,
+)
 
 
 def _panoptic_reference(cls_logits, mask_logits, stride, image_size, out_size, is_thing,
@@ -64,3 +69,29 @@ def test_panoptic_inference_nothing_kept():
     pan, info = panoptic_inference(torch.zeros(5, 4), torch.zeros(5, 4, 4), 4, (16, 16),
                                    (16, 16), [True] * 3, 0.8, 0.8)
     assert info == [] and not pan.any()
+
+
+def test_instance_scores_match_the_plain_formula():
+    """Top-k (query, thing class) by class probability; score = class probability x mean
+    mask probability inside the binarised full-size mask."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 5, generator=g)
+    masks = torch.randn(7, 9, 10, generator=g) * 4
+    is_thing = [True, False, True, True]
+    inst = instance_inference(logits, masks, 4, (34, 40), (51, 60), is_thing, 12)
+    probs = F.softmax(logits, -1)[:, :-1]
+    probs[:, 1] = -1.0  # stuff is not an instance
+    top, idx = probs.flatten().topk(12)
+    query, cls = idx // 4, idx % 4
+    full = resize_to_original(masks, 4, (34, 40), (51, 60)).sigmoid()
+    binary = full > 0.5
+    inside = (full * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+    assert torch.equal(inst.pred_classes, cls)
+    assert torch.equal(inst.pred_masks, binary[query])
+    torch.testing.assert_close(inst.scores, top * inside[query], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 5), (3, 7, 9), (40, 300, 400)])
+def test_count_true_matches_sum(shape):
+    masks = torch.rand(shape, generator=torch.Generator().manual_seed(1)) > 0.4
+    torch.testing.assert_close(_count_true(masks), masks.flatten(1).sum(1).int())

@@ -97,7 +97,7 @@ def panoptic_inference(cls_logits, mask_logits, stride, image_size, out_size,
     probs = resize_to_original(mask_logits[keep], stride, image_size, out_size).sigmoid_()
     num_kept = probs.shape[0]
     own = probs >= 0.5  # (N, height, width)
-    original_area = own.flatten(1).sum(1)
+    original_area = _count_true(own)
     owner = probs.mul_(scores[:, None, None]).argmax(0)  # (height, width) index into kept
     del probs
     # Every pixel has exactly one owner, so per-segment pixel sets are disjoint: areas are
@@ -132,12 +132,25 @@ def panoptic_inference(cls_logits, mask_logits, stride, image_size, out_size,
     return panoptic_seg, segments_info
 
 
+def _count_true(masks: torch.Tensor) -> torch.Tensor:
+    """Pixels set in each of N bool masks (N, ...), int32.
+
+    A sum of bools converts its input to the sum's dtype first; in chunks of ~4 M pixels that
+    copy stays in cache (100 masks of 512x512: 12 instead of 75 ms).
+    """
+    flat = masks.flatten(1)
+    chunk = max(1, (4 << 20) // max(1, flat.shape[1]))
+    return torch.cat([part.sum(1, dtype=torch.int32) for part in flat.split(chunk)])
+
+
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight XYXY boxes (pixel edges, exclusive max) of binary masks (N, H, W); empty -> 0."""
     if masks.numel() == 0:
         return masks.new_zeros((masks.shape[0], 4), dtype=torch.float32)
-    rows = masks.any(2)  # (N, H)
-    cols = masks.any(1)  # (N, W)
+    # max over bytes: bool any() reduces rows of a few hundred pixels ~50x slower on CPU.
+    as_bytes = masks.view(torch.uint8) if masks.dtype == torch.bool else (masks != 0).byte()
+    rows = as_bytes.amax(2).bool()  # (N, H)
+    cols = as_bytes.amax(1).bool()  # (N, W)
     H, W = masks.shape[-2:]
     y_idx = torch.arange(H, device=masks.device)
     x_idx = torch.arange(W, device=masks.device)
@@ -183,7 +196,7 @@ def instance_inference(cls_logits, mask_logits, stride, image_size, out_size,
         inside = binary[start:start + chunk]
         probs_in = logits_hw.sigmoid_().mul_(inside)
         mask_score[start:start + chunk] = (
-            probs_in.flatten(1).sum(1) / (inside.flatten(1).sum(1) + 1e-6))
+            probs_in.flatten(1).sum(1) / (_count_true(inside) + 1e-6))
     result = Instances((height, width))
     result.pred_masks = binary[inverse]
     result.pred_boxes = Boxes(masks_to_boxes(binary)[inverse])
