@@ -51,3 +51,18 @@ def test_deformable_flops_equal_grid_sample_count(bench):
                                  model.dataset_info(bench.BENCH_DATASET)["classes"])
         counts[impl] = bench.count_flops(model, 64)["by_part_gflop"]["pixel_decoder"]
     assert counts["embedding_bag"] == pytest.approx(counts["grid_sample"], rel=1e-6)
+
+
+def test_pointwise_gemm_flops_equal_convolution_count(bench):
+    """1x1 convolutions run as (b)addbmm count what fvcore counts for the convolutions."""
+    counts = {}
+    for gemm in (True, False):
+        cfg = bench.bench_cfg(TINY, opts=["MODEL.DATASEG.CPU_POINTWISE_GEMM", str(gemm)])
+        model = bench.build_bench_model(cfg)
+        bench.register_bench_dataset(num_classes=133)
+        model._ensure_vocabulary(bench.BENCH_DATASET,
+                                 model.dataset_info(bench.BENCH_DATASET)["classes"])
+        result = bench.count_flops(model, 64)
+        assert not any("bmm" in op for op in result["unsupported_ops"])
+        counts[gemm] = result["gflop"]
+    assert counts[True] == pytest.approx(counts[False], rel=1e-6)
