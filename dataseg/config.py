@@ -141,6 +141,10 @@ def add_dataseg_config(cfg):
     # How masks are read at continuous points (matching, "detectron2" sampler): "nearest"
     # or "bilinear" (Mask2Former).
     D.CRITERION.GT_SAMPLE_MODE = "nearest"
+    # Fuse the point focal + dice losses with torch.compile: ~18 % less criterion time on CPU
+    # (R50, 512x512) after ~10 s of compilation per process; needs a C++ compiler (Triton
+    # on GPU). Same arithmetic up to float rounding.
+    D.CRITERION.COMPILE_POINT_LOSSES = False
     # BoxInst pairwise colour-affinity term for box data (off: not drawn in the paper).
     D.CRITERION.PAIRWISE = CN()
     D.CRITERION.PAIRWISE.ENABLED = False

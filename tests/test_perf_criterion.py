@@ -1,5 +1,7 @@
 """The criterion's fused autograd paths equal the straightforward formulas (values + grads)."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -157,3 +159,45 @@ def test_mixed_single_and_merged_units_equal_one_merge_path(mode):
     ref, (go,) = _grads(one_path, x)  # merge_mask_logits computes in float32
     torch.testing.assert_close(out, ref.double(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gs, go.double(), rtol=1e-5, atol=1e-6)
+
+
+def _has_cxx_compiler():
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.skipif(not _has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_point_loss_matches_eager_and_is_used_by_the_criterion():
+    """COMPILE_POINT_LOSSES: the inductor-fused loss equals the eager one (values + grads)
+    for two unit counts (dynamic shapes), and the criterion calls it."""
+    from dataseg.modeling.criterion import HungarianMatcher, MergeCriterion
+
+    crit = MergeCriterion(matcher=HungarianMatcher(), compile_point_losses=True)
+    assert crit._point_loss is not sigmoid_focal_dice_loss
+    g = torch.Generator().manual_seed(7)
+    for units in (5, 9):
+        x = (torch.randn(units, 257, generator=g) * 4).requires_grad_(True)
+        t = torch.rand(units, 257, generator=g) > 0.6
+        weights = torch.linspace(0.5, 1.5, units)
+        outs, grads = [], []
+        for fn in (crit._point_loss, sigmoid_focal_dice_loss):
+            x.grad = None
+            focal, dice = fn(x, t, 0.25, 2.0)
+            ((focal + 3.0 * dice) * weights).sum().backward()
+            outs.append(torch.stack([focal, dice]).detach())
+            grads.append(x.grad.clone())
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_compiled_point_loss_failure_names_the_config_key(monkeypatch):
+    from dataseg.modeling.criterion import losses
+
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise OSError("no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(losses.torch, "compile", broken)
+    point_loss = losses.compiled_sigmoid_focal_dice_loss()
+    with pytest.raises(RuntimeError, match="COMPILE_POINT_LOSSES False"):
+        point_loss(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.uint8))
