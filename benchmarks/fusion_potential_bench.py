@@ -10,9 +10,10 @@ times the project's own functions eagerly and compiled by inductor:
 * focal + dice of point logits (``sigmoid_focal_dice_loss``), forward + backward;
 * the matching cost (``sigmoid_with_logs`` + ``focal_cost`` + ``dice_cost``), no grad.
 
-This is a measurement of headroom, not a code path of the model: compiling needs a C++
-compiler at run time and tens of seconds per graph, so training stays eager. The script
-fails with a clear message where ``torch.compile`` cannot build a CPU kernel.
+It measures headroom: of the two, only the loss is a code path of the model, opt-in through
+``MODEL.DATASEG.CRITERION.COMPILE_POINT_LOSSES`` (compiling needs a C++ compiler at run
+time and seconds per graph, so the default stays eager). The script fails with a clear
+message where ``torch.compile`` cannot build a CPU kernel.
 """
 
 import argparse
