@@ -109,14 +109,20 @@ def add_dataseg_config(cfg):
     # ---- criterion: MERGE -> Hungarian matching -> losses ---------------------------------
     D.CRITERION = CN()
     D.CRITERION.NAME = "MergeCriterion"
-    # Merge arithmetic (not in the paper): "clamped_sum" = min(1, sum of member mask probs),
-    # "max" = per-pixel max, "soft_union" = 1 - prod(1 - p). Class = mean of member softmaxes.
-    D.CRITERION.MERGE_MODE = "clamped_sum"
+    # MERGE (the rule per task is the paper's, dataseg/tasks.py; the rest is not in the paper).
+    # Mask arithmetic of a merged unit: "logsumexp" = merged logit log(sum_i exp(x_i)) (odds
+    # add up; exact logs, a single proposal's gradient shared by the members), "clamped_sum"
+    # = min(1, sum p_i) with floored logs (the first design, kept for the ablation: it
+    # inflates losses 10-100x), "max", "soft_union" = 1 - prod(1 - p_i). Class = mean of the
+    # member softmaxes.
+    D.CRITERION.MERGE_MODE = "logsumexp"
+    # How merged units meet the ground truth: "anchored" = every segment gets an anchor
+    # proposal by one-by-one Hungarian matching, then the other proposals predicting its
+    # (semantic / stuff) class join its unit; "unit" = the first design (group by argmax,
+    # match the units freely; collapses from scratch, kept for the ablation).
+    D.CRITERION.MERGE_MATCHING = "anchored"
     # False = no MERGE for any task (proposals matched one by one): the MERGE ablation.
     D.CRITERION.MERGE_ENABLED = True
-    # Iterations during which proposals are matched unmerged before the MERGE starts (not in
-    # the paper; 0 = merge from the first iteration).
-    D.CRITERION.MERGE_WARMUP_ITERS = 0
     D.CRITERION.DEEP_SUPERVISION = True
     D.CRITERION.NO_OBJECT_WEIGHT = 0.1
     # Loss weights (not in the paper).

@@ -265,19 +265,3 @@ def test_merge_disabled_matches_proposals_one_by_one():
         assert torch.allclose(no_merge[key], as_instance[key])
     assert not torch.allclose(no_merge["loss_ce"], merged["loss_ce"])
 
-
-def test_merge_warmup_matches_unmerged_until_its_iteration():
-    out = _outputs(aux=1, seed=3)
-    with torch.no_grad():
-        out["pred_logits"][:, :3, 2] += 10.0
-    crit = _criterion(merge_warmup_iters=10)
-    runs = {}
-    for name, (criterion, task, iteration) in {
-        "warming": (crit, "semantic", 9), "merging": (crit, "semantic", 10),
-        "instance": (_criterion(), "instance", 0), "merged": (_criterion(), "semantic", 0),
-    }.items():
-        torch.manual_seed(0)
-        runs[name] = criterion(out, _targets(), _context(task, iteration=iteration))
-    for key in runs["warming"]:
-        assert torch.allclose(runs["warming"][key], runs["instance"][key])
-        assert torch.allclose(runs["merging"][key], runs["merged"][key])

@@ -42,7 +42,7 @@ def test_semantic_merges_same_class_into_clamped_sum():
     # q0, q1: class 0 (a thing; semantic merges things too); q2: class 2; q3: background.
     logits = _logits_for([0, 0, 2, C])
     masks = _masks(4)
-    merged = merge_proposals(logits, masks, "semantic", IS_THING)
+    merged = merge_proposals(logits, masks, "semantic", IS_THING, mode="clamped_sum")
     assert merged.groups.num_units == 3
     probs = torch.sigmoid(masks[0])
     expected = torch.clamp(probs[0] + probs[1], max=1.0)
@@ -71,8 +71,9 @@ def test_panoptic_merges_stuff_but_not_things():
     assert merged.groups.num_units == 3
     probs = torch.sigmoid(masks[0])
     units = merged.mask_probs
-    # Stuff unit (sorted first: its key is the class id) is the clamped sum.
-    torch.testing.assert_close(units[0], torch.clamp(probs[2] + probs[3], max=1.0))
+    # Stuff unit (sorted first: its key is the class id): the odds of the members add up.
+    odds = probs[2] / (1 - probs[2]) + probs[3] / (1 - probs[3])
+    torch.testing.assert_close(units[0], odds / (1 + odds))
     torch.testing.assert_close(units[1], probs[0])
     torch.testing.assert_close(units[2], probs[1])
     # is_thing None: all things, nothing merged.

@@ -13,6 +13,7 @@ from detectron2.projects.point_rend.point_features import (
 )
 from detectron2.utils import comm
 
+from ...tasks import get_task
 from ..registry import CRITERION_REGISTRY
 from .box_losses import (
     box_projection_targets,
@@ -35,10 +36,14 @@ from .merge import (
     MERGE_MODES,
     MergeGroups,
     PointProbs,
-    build_merge,
+    anchored_groups,
+    group_by_class,
     merge_class_log_probs,
     merge_mask_logits,
     merge_mask_probs,
+    mergeable_classes,
+    scatter_logsumexp,
+    singleton_groups,
 )
 from .point_sampling import (
     PixelPoints,
@@ -49,9 +54,12 @@ from .point_sampling import (
     sample_uncertain_pixels,
 )
 
-__all__ = ["MergeCriterion", "build_criterion"]
+__all__ = ["MergeCriterion", "build_criterion", "MERGE_MATCHINGS"]
 
-BOX_TASKS = ("box",)
+# How merged units meet the ground truth (see ``merge.anchored_groups``):
+#   "anchored": every segment gets an anchor proposal first, same-class proposals join it;
+#   "unit": the first design, proposals grouped by argmax and the units matched freely.
+MERGE_MATCHINGS = ("anchored", "unit")
 
 
 @dataclass
@@ -123,9 +131,9 @@ class MergeCriterion(nn.Module):
         self,
         *,
         matcher: HungarianMatcher,
-        merge_mode: str = "clamped_sum",
+        merge_mode: str = "logsumexp",
+        merge_matching: str = "anchored",
         merge_enabled: bool = True,
-        merge_warmup_iters: int = 0,
         class_weight: float = 2.0,
         focal_weight: float = 20.0,
         dice_weight: float = 5.0,
@@ -155,9 +163,9 @@ class MergeCriterion(nn.Module):
         Args:
             matcher: the Hungarian matcher (cost weights).
             merge_mode: mask merge arithmetic, one of ``MERGE_MODES``.
-            merge_warmup_iters: the MERGE is the identity before this iteration (0: merge from
-                the start). Early argmax classes mostly coincide, so merging then fuses most
-                proposals into one unit (see the README's small-scale claims).
+            merge_matching: how merged units are paired with ground truth, one of
+                ``MERGE_MATCHINGS`` ("anchored": ``merge.anchored_groups``; "unit": group by
+                argmax, then match the units freely, the first design kept for the ablation).
             merge_enabled: False replaces every task's MERGE by the identity (proposals are
                 matched one by one, as in Mask2Former): the ablation of DaTaSeg's MERGE.
             class_weight, focal_weight, dice_weight, projection_weight: loss weights.
@@ -189,9 +197,12 @@ class MergeCriterion(nn.Module):
         if merge_mode not in MERGE_MODES:
             raise ValueError(f"MERGE_MODE must be one of {MERGE_MODES}, got {merge_mode!r}")
         self.matcher = matcher
+        if merge_matching not in MERGE_MATCHINGS:
+            raise ValueError(
+                f"MERGE_MATCHING must be one of {MERGE_MATCHINGS}, got {merge_matching!r}")
         self.merge_mode = merge_mode
+        self.merge_matching = merge_matching
         self.merge_enabled = merge_enabled
-        self.merge_warmup_iters = int(merge_warmup_iters)
         self.class_weight = class_weight
         self.focal_weight = focal_weight
         self.dice_weight = dice_weight
@@ -248,7 +259,7 @@ class MergeCriterion(nn.Module):
             "matcher": matcher,
             "merge_mode": c.MERGE_MODE,
             "merge_enabled": c.MERGE_ENABLED,
-            "merge_warmup_iters": c.MERGE_WARMUP_ITERS,
+            "merge_matching": c.MERGE_MATCHING,
             "class_weight": c.CLASS_WEIGHT,
             "focal_weight": c.FOCAL_WEIGHT,
             "dice_weight": c.DICE_WEIGHT,
@@ -279,9 +290,7 @@ class MergeCriterion(nn.Module):
     def forward(
         self, outputs: Dict, targets: List[Dict], context: CriterionContext
     ) -> Dict[str, torch.Tensor]:
-        merging = self.merge_enabled and context.iteration >= self.merge_warmup_iters
-        merge_fn = build_merge(context.task if merging else "instance")
-        box_task = context.task in BOX_TASKS
+        box_task = get_task(context.task).box_supervised
         layers = [(outputs, "")]
         if self.deep_supervision:
             layers += [(aux, f"_{i}") for i, aux in enumerate(outputs.get("aux_outputs", []))]
@@ -289,7 +298,10 @@ class MergeCriterion(nn.Module):
         h, w = outputs["pred_masks"].shape[-2:]
         self._check_targets(targets, B, C1 - 1, box_task, context)
         device = outputs["pred_logits"].device
-        is_thing = context.is_thing.to(device) if context.is_thing is not None else None
+        mergeable = mergeable_classes(context.task, context.is_thing, C1 - 1, device)
+        if not self.merge_enabled:
+            mergeable = torch.zeros_like(mergeable)
+        merging = bool(mergeable.any())
 
         # Ground truth prepared once and shared by all layers: matching points (and the GT at
         # them) for mask tasks, box projections for the box task.
@@ -317,28 +329,33 @@ class MergeCriterion(nn.Module):
              if box_task else layer, suffix)
             for layer, suffix in layers
         ]
+        if box_task and merging:
+            raise ValueError(f"Task {context.task!r} is box-supervised; its MERGE must not merge.")
         for layer, _ in layers:
-            groups = merge_fn(layer["pred_logits"], is_thing)
-            if box_task and groups.has_merges:
-                raise ValueError(
-                    f"Task {context.task!r} is box-supervised; its MERGE must not merge."
-                )
-            matches.append(self._match(layer, groups, targets, gt_prep, match_coords, box_task))
+            if merging and self.merge_matching == "unit":
+                groups = group_by_class(layer["pred_logits"], mergeable)
+                match = self._match(layer, groups, targets, gt_prep, match_coords, box_task)
+            else:
+                groups = singleton_groups(B, Q, device)
+                match = self._match(layer, groups, targets, gt_prep, match_coords, box_task)
+                if merging:
+                    match = self._anchored_match(layer, match, targets, mergeable)
+            matches.append(match)
 
-        counts = torch.tensor(
-            [float(m.unit_idx.numel()) for m in matches], device=device
-        )
+        # Mask2Former's normalisation: the number of ground-truth segments (boxes), averaged
+        # over ranks, the same for every decoder layer whatever the MERGE made of its units.
+        num_gt = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
         if comm.get_world_size() > 1:
-            torch.distributed.all_reduce(counts)
-            counts = counts / comm.get_world_size()
-        norms = counts.clamp(min=1.0)
+            torch.distributed.all_reduce(num_gt)
+            num_gt = num_gt / comm.get_world_size()
+        norm = num_gt.clamp(min=1.0)
 
         pair_sim = None
         if box_task and self.pairwise_enabled:
             pair_sim = self._color_similarity(context, w)
         multiplier = self.dataset_loss_weights.get(context.dataset_name, 1.0)
         losses = {}
-        for (layer, suffix), match, norm in zip(layers, matches, norms):
+        for (layer, suffix), match in zip(layers, matches):
             if box_task:
                 layer_losses = self._box_losses(
                     layer, match, targets, gt_prep, norm, pair_sim, context
@@ -432,6 +449,23 @@ class MergeCriterion(nn.Module):
             per_image,
         )
 
+    @staticmethod
+    def _anchored_match(layer, anchors: _LayerMatch, targets, mergeable) -> _LayerMatch:
+        """Turn a one-by-one match (the anchors) into the ground-truth-anchored MERGE."""
+        logits = layer["pred_logits"]
+        B, Q, C1 = logits.shape
+        rows = anchors.unit_idx - anchors.pair_image * Q  # query index within the image
+        split = lambda v: list(torch.split(v, anchors.pairs_per_image))  # noqa: E731
+        labels = [t["labels"].to(logits.device) for t in targets]
+        groups, unit_idx, gt_idx = anchored_groups(
+            logits, mergeable, split(rows), split(anchors.gt_idx), labels)
+        # Class: the mean of the members' softmaxes, as in the first design (a unit's class
+        # gradient is one proposal's, shared by the members that carry the class).
+        class_logp = merge_class_log_probs(
+            logits.reshape(B * Q, C1), groups.unit_of_query, groups.num_units)
+        return _LayerMatch(groups, class_logp, unit_idx, gt_idx, anchors.gt_labels,
+                           anchors.pair_image, anchors.pairs_per_image)
+
     def _class_loss(self, match: _LayerMatch) -> torch.Tensor:
         num_classes = match.class_log_probs.shape[-1] - 1
         target = torch.full(
@@ -471,6 +505,9 @@ class MergeCriterion(nn.Module):
             if member_pair is None:
                 # Mask2Former's uncertainty of a single proposal: -|logit|.
                 source, uncertainty_fn = member_logits, _logit_uncertainty
+            elif self.merge_mode == "logsumexp":
+                source = scatter_logsumexp(member_logits.float(), member_pair, M)
+                uncertainty_fn = _logit_uncertainty
             else:
                 source = merge_mask_probs(
                     torch.sigmoid(member_logits), member_pair, M, self.merge_mode)
@@ -492,7 +529,8 @@ class MergeCriterion(nn.Module):
         """Summed focal and dice losses of a layer whose units include merged ones.
 
         Single-proposal units take the logits path; merged units merge their members'
-        point logits (``MERGE_MODE``) and take the probability path.
+        point logits (``MERGE_MODE``): ``logsumexp`` gives merged logits, which take the same
+        logits path; the other modes take the probability path.
         """
         single_member = single_pair[member_pair]
         focal = dice = point_logits.sum() * 0.0
@@ -505,6 +543,12 @@ class MergeCriterion(nn.Module):
         if merged_pairs.numel():
             compact = torch.cumsum(~single_pair, 0) - 1  # pair -> index among merged pairs
             rows = ~single_member
+            if self.merge_mode == "logsumexp":
+                merged = scatter_logsumexp(
+                    point_logits[rows], compact[member_pair[rows]], merged_pairs.numel())
+                f, d = self._point_loss(
+                    merged, gt_points[merged_pairs], self.focal_alpha, self.focal_gamma)
+                return focal + f.sum(), dice + d.sum()
             pp = merge_mask_logits(point_logits[rows], compact[member_pair[rows]],
                                    merged_pairs.numel(), self.merge_mode)
             targets = gt_points[merged_pairs].to(pp.prob.dtype)
