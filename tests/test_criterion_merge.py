@@ -11,8 +11,8 @@ from dataseg.modeling.criterion import (
     merge_mask_logits,
     merge_mask_probs,
     merge_proposals,
+    mergeable_classes,
 )
-from dataseg.modeling.registry import MERGE_REGISTRY
 
 C = 4  # classes 0, 1 things; 2, 3 stuff
 IS_THING = torch.tensor([True, True, False, False])
@@ -31,10 +31,12 @@ def _masks(q, h=6, w=6, seed=0):
     return torch.randn(1, q, h, w, generator=g) * 2.0
 
 
-def test_registry_holds_every_task():
-    for task in ("panoptic", "semantic", "instance", "box"):
-        assert task in MERGE_REGISTRY
-    with pytest.raises(KeyError, match="No MERGE operation"):
+def test_every_task_has_a_merge_rule_and_unknown_tasks_fail():
+    rules = {"panoptic": [False, False, True, True], "semantic": [True] * 4,
+             "instance": [False] * 4, "box": [False] * 4}
+    for task, expected in rules.items():
+        assert mergeable_classes(task, IS_THING, C).tolist() == expected
+    with pytest.raises(ValueError, match="Unknown DaTaSeg task 'depth'"):
         build_merge("depth")
 
 

@@ -14,7 +14,8 @@ import dataseg
 from dataseg.config import add_dataseg_config, check_dataseg_config, merge_dataseg_config_file
 from dataseg.engine import get_dataseg_cfg
 from dataseg.engine.results_table import format_results_table, summarize_results
-from dataseg.modeling import CLASSIFIER_REGISTRY, CRITERION_REGISTRY, MERGE_REGISTRY
+from dataseg.modeling import CLASSIFIER_REGISTRY, CRITERION_REGISTRY
+from dataseg.tasks import TASK_SPECS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -24,8 +25,7 @@ def test_import_registers_parts():
     assert "DaTaSeg" in META_ARCH_REGISTRY
     assert "TextEmbeddingClassifier" in CLASSIFIER_REGISTRY
     assert "MergeCriterion" in CRITERION_REGISTRY
-    for task in ("panoptic", "semantic", "instance", "box"):
-        assert task in MERGE_REGISTRY
+    assert set(TASK_SPECS) == {"panoptic", "semantic", "instance", "box"}
     assert hasattr(dataseg, "add_dataseg_config")
 
 

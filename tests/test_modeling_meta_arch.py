@@ -157,10 +157,14 @@ def test_vocabulary_change_changes_class_dimension(model):
         model.set_vocabulary(SEM, ["a", "b", "c", "d", "e", "f", "g"])
         (after,) = model(make_inputs(SEM, sizes=((32, 32),), with_targets=False))
         model.set_vocabulary("my_custom_names", ["zebra", "road"], task="panoptic",
-                             isthing=[True, False])
+                             isthing=[True, False], test_outputs=("panoptic_seg", "sem_seg"))
         (custom,) = model(make_inputs("my_custom_names", sizes=((32, 32),), with_targets=False))
+        model.set_vocabulary("default_outputs", ["zebra", "road"], task="panoptic",
+                             isthing=[True, False])
+        (default,) = model(make_inputs("default_outputs", sizes=((32, 32),), with_targets=False))
     assert before["sem_seg"].shape[0] == 3 and after["sem_seg"].shape[0] == 7
     assert custom["sem_seg"].shape[0] == 2 and "panoptic_seg" in custom
+    assert set(default) == {"panoptic_seg"}  # the task table's default outputs
     feats = model.transformer_decoder.query_feat.weight[None]
     assert model.classifier(feats, vocabulary="my_custom_names").shape[-1] == 3
 

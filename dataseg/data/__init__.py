@@ -12,11 +12,9 @@ from .build import (
     build_train_schedule,
 )
 from .builtin import load_vocabulary, register_all_builtin
+from ..tasks import TASKS, check_task
 from .catalog import (
-    DEFAULT_TEST_OUTPUTS,
-    TASKS,
     DatasetValidationError,
-    check_task,
     get_dataset_task,
     register_box_dataset,
     register_instance_dataset,
@@ -40,7 +38,7 @@ from .synthetic import generate_synthetic_datasets, register_synthetic_datasets
 from detectron2.data import DatasetCatalog as _DatasetCatalog
 
 __all__ = [
-    "TASKS", "DEFAULT_TEST_OUTPUTS", "DatasetValidationError", "check_task", "get_dataset_task",
+    "TASKS", "DatasetValidationError", "check_task", "get_dataset_task",
     "register_panoptic_dataset", "register_semantic_dataset", "register_instance_dataset",
     "register_box_dataset", "register_all_builtin", "load_vocabulary",
     "generate_synthetic_datasets", "register_synthetic_datasets",

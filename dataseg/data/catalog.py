@@ -22,11 +22,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json, load_sem_seg
 from detectron2.utils.file_io import PathManager
 
+from ..tasks import TASKS, check_task, get_task
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "TASKS",
-    "DEFAULT_TEST_OUTPUTS",
     "DatasetValidationError",
     "check_panoptic_segment_ids",
     "check_semantic_labels",
@@ -39,17 +40,6 @@ __all__ = [
     "register_box_dataset",
 ]
 
-TASKS = ("panoptic", "semantic", "instance", "box")
-
-# What the model must produce to evaluate a dataset of each kind, unless registration says
-# otherwise (a box dataset with held-out masks is evaluated on instance masks, for example).
-DEFAULT_TEST_OUTPUTS = {
-    "panoptic": ("panoptic_seg",),
-    "semantic": ("sem_seg",),
-    "instance": ("instances",),
-    "box": ("instances",),
-}
-
 # Header reads are cheap, full label reads are not: validate sizes/ids on a sample at load
 # time; the mappers re-check every image they read.
 _NUM_VALIDATED_FILES = 8
@@ -57,13 +47,6 @@ _NUM_VALIDATED_FILES = 8
 
 class DatasetValidationError(ValueError):
     """A registered dataset's files are missing or inconsistent with its registration."""
-
-
-def check_task(task: str) -> str:
-    """Return ``task`` if it is one of :data:`TASKS`, else raise a ValueError listing them."""
-    if task not in TASKS:
-        raise ValueError(f"Unknown DaTaSeg task {task!r}; valid tasks are {list(TASKS)}.")
-    return task
 
 
 def get_dataset_task(dataset_name: str) -> str:
@@ -137,12 +120,14 @@ def _register(name: str, loader, metadata: Dict, replace: bool):
 def _common_metadata(task, class_names, isthing, test_outputs, evaluator_type, extra):
     check_task(task)
     if isthing is None:
-        isthing = [task != "semantic"] * len(class_names)
+        isthing = [bool(get_task(task).default_isthing)] * len(class_names)
     if len(isthing) != len(class_names):
         raise ValueError(
             f"isthing has {len(isthing)} entries but there are {len(class_names)} classes."
         )
-    test_outputs = tuple(test_outputs or DEFAULT_TEST_OUTPUTS[task])
+    # What the model must produce to evaluate the dataset, unless registration says otherwise
+    # (a box dataset with held-out masks is evaluated on instance masks, for example).
+    test_outputs = tuple(test_outputs or get_task(task).default_test_outputs)
     bad = set(test_outputs) - {"sem_seg", "panoptic_seg", "instances"}
     if bad:
         raise ValueError(f"Unknown test outputs {sorted(bad)}; use sem_seg/panoptic_seg/instances.")

@@ -12,7 +12,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import BitMasks, ImageList, PolygonMasks
 from detectron2.utils.events import get_event_storage
 
-from .criterion import TASKS, CriterionContext, build_criterion
+from ..tasks import TASKS, get_task
+from .criterion import CriterionContext, build_criterion
 from .pixel_decoder import build_pixel_decoder
 from .pointwise_conv import convert_pointwise_convs
 from .postprocessing import (
@@ -24,17 +25,9 @@ from .postprocessing import (
 from .text_classifier import build_classifier
 from .transformer_decoder import build_transformer_decoder
 
-__all__ = ["DaTaSeg", "DEFAULT_TEST_OUTPUTS"]
+__all__ = ["DaTaSeg"]
 
 logger = logging.getLogger(__name__)
-
-# Outputs produced for a dataset whose metadata gives no ``dataseg_test_outputs``.
-DEFAULT_TEST_OUTPUTS = {
-    "semantic": ("sem_seg",),
-    "panoptic": ("panoptic_seg", "sem_seg", "instances"),
-    "instance": ("instances",),
-    "box": ("instances",),
-}
 
 
 @META_ARCH_REGISTRY.register()
@@ -171,17 +164,18 @@ class DaTaSeg(nn.Module):
                 f"Dataset {name!r} has task {task!r}; DaTaSeg knows {list(TASKS)} (set the "
                 "metadata key 'dataseg_task' or the task= argument)."
             )
+        spec = get_task(task)
         if isthing is None:
-            if task == "panoptic":
+            if spec.default_isthing is None:
                 raise ValueError(
-                    f"Panoptic dataset {name!r} needs a thing/stuff split: set metadata "
-                    "'dataseg_isthing' (one bool per class) or pass isthing=.")
-            isthing = [task in ("instance", "box")] * len(classes)
+                    f"{task.capitalize()} dataset {name!r} needs a thing/stuff split: set "
+                    "metadata 'dataseg_isthing' (one bool per class) or pass isthing=.")
+            isthing = [spec.default_isthing] * len(classes)
         isthing = [bool(t) for t in isthing]
         if len(isthing) != len(classes):
             raise ValueError(
                 f"Dataset {name!r}: {len(isthing)} isthing flags for {len(classes)} classes.")
-        outputs = tuple(test_outputs) if test_outputs else DEFAULT_TEST_OUTPUTS[task]
+        outputs = tuple(test_outputs) if test_outputs else spec.default_test_outputs
         unknown = [o for o in outputs if o not in TEST_OUTPUTS]
         if unknown:
             raise ValueError(
@@ -297,7 +291,8 @@ class DaTaSeg(nn.Module):
             inst = x["instances"].to(self.device)
             labels = inst.gt_classes.to(torch.int64)
             masks = None
-            if task != "box":
+            box_supervised = get_task(task).box_supervised
+            if not box_supervised:
                 if not inst.has("gt_masks"):
                     raise ValueError(
                         f"Task {task!r} trains on masks but the instances of "
@@ -310,7 +305,7 @@ class DaTaSeg(nn.Module):
                 masks = torch.zeros((m.shape[0], H, W), dtype=torch.bool, device=self.device)
                 masks[:, : m.shape[1], : m.shape[2]] = m.bool()
             boxes = inst.gt_boxes.tensor.float() if inst.has("gt_boxes") else None
-            if task == "box" and boxes is None:
+            if box_supervised and boxes is None:
                 raise ValueError(
                     f"Box-supervised dataset {x.get('dataset_name')!r} has no gt_boxes.")
             targets.append({"labels": labels, "masks": masks, "boxes": boxes})

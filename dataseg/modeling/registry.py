@@ -27,9 +27,3 @@ CRITERION_REGISTRY.__doc__ = """
 Training criteria: ``build(cfg)`` -> module called as ``criterion(outputs, targets, context)``
 returning a dict of weighted losses. Selected by ``MODEL.DATASEG.CRITERION.NAME``.
 """
-
-MERGE_REGISTRY = Registry("DATASEG_MERGE")
-MERGE_REGISTRY.__doc__ = """
-Task-specific MERGE operations applied to proposals before matching, keyed by task name
-("panoptic", "semantic", "instance", "box").
-"""

@@ -2,7 +2,8 @@
 
 from typing import Dict, Type
 
-from ..catalog import TASKS, get_dataset_task
+from ...tasks import check_task
+from ..catalog import get_dataset_task
 from .base import DaTaSegDatasetMapper, build_lsj_augmentation, per_dataset_value
 from .box import BoxDatasetMapper
 from .instance import InstanceDatasetMapper
@@ -29,9 +30,7 @@ MAPPER_REGISTRY: Dict[str, Type[DaTaSegDatasetMapper]] = {}
 
 def register_mapper(task: str, mapper_cls: Type[DaTaSegDatasetMapper]):
     """Use ``mapper_cls`` for every dataset whose ``dataseg_task`` is ``task``."""
-    if task not in TASKS:
-        raise ValueError(f"Unknown DaTaSeg task {task!r}; valid tasks are {list(TASKS)}.")
-    MAPPER_REGISTRY[task] = mapper_cls
+    MAPPER_REGISTRY[check_task(task)] = mapper_cls
     return mapper_cls
 
 

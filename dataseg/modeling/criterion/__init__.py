@@ -1,6 +1,7 @@
 """DaTaSeg's training criterion: task-specific MERGE -> Hungarian matching -> losses."""
 
-from .context import TASKS, CriterionContext
+from ...tasks import TASKS
+from .context import CriterionContext
 from .criterion import MergeCriterion, build_criterion
 from .matcher import HungarianMatcher
 from .merge import (
@@ -8,16 +9,16 @@ from .merge import (
     MergedProposals,
     MergeGroups,
     PointProbs,
-    box,
+    anchored_groups,
     build_merge,
     group_by_class,
-    instance,
     merge_class_log_probs,
     merge_mask_logits,
     merge_mask_probs,
     merge_proposals,
-    panoptic,
-    semantic,
+    mergeable_classes,
+    scatter_logsumexp,
+    singleton_groups,
 )
 
 __all__ = [
@@ -30,14 +31,14 @@ __all__ = [
     "MergedProposals",
     "MergeGroups",
     "PointProbs",
+    "anchored_groups",
     "build_merge",
     "group_by_class",
+    "mergeable_classes",
+    "scatter_logsumexp",
+    "singleton_groups",
     "merge_class_log_probs",
     "merge_mask_logits",
     "merge_mask_probs",
     "merge_proposals",
-    "semantic",
-    "panoptic",
-    "instance",
-    "box",
 ]

@@ -5,10 +5,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-__all__ = ["CriterionContext", "TASKS"]
-
-# Built-in tasks; a new task needs a MERGE_REGISTRY entry of that name.
-TASKS = ("panoptic", "semantic", "instance", "box")
+__all__ = ["CriterionContext"]
 
 
 @dataclass
@@ -17,8 +14,8 @@ class CriterionContext:
 
     Attributes:
         dataset_name: the batch's training dataset (selects the per-dataset loss multiplier).
-        task: "panoptic" | "semantic" | "instance" | "box" (metadata ``dataseg_task``):
-            selects the MERGE rule and the losses.
+        task: a row of the task table ``dataseg.tasks`` (metadata ``dataseg_task``): selects
+            the MERGE rule and the supervision.
         is_thing: bool (C,) thing/stuff split of the dataset's vocabulary (metadata
             ``dataseg_isthing``); None means every class is a thing.
         images: (B, 3, H, W) normalised padded images; only the pairwise colour term uses them.

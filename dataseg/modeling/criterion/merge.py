@@ -2,10 +2,12 @@
 
 A merge has two halves that this module keeps apart:
 
-* **grouping** (discrete, per task, registered in ``MERGE_REGISTRY`` under the task name):
-  which proposals form one segment. Proposals are grouped by their argmax class over the
-  dataset's ``C + 1`` logits; the task decides which classes may be merged
-  (semantic: every class, panoptic: stuff classes only, instance / box: none).
+* **grouping** (discrete): which proposals form one segment. Proposals are grouped by their
+  argmax class over the dataset's ``C + 1`` logits; the task table (``dataseg.tasks``) says
+  which classes may be merged (semantic: every class, panoptic: stuff classes only,
+  instance / box: none). In training the units are anchored on the ground truth
+  (:func:`anchored_groups`, the default) or, in the first design, matched freely after
+  grouping (:func:`group_by_class`).
 * **arithmetic** (continuous, chosen by ``MODEL.DATASEG.CRITERION.MERGE_MODE``): how the
   members' mask probabilities and class distributions are combined into the segment's.
 
@@ -44,7 +46,7 @@ from typing import List, NamedTuple, Optional
 import torch
 from torch.nn import functional as F
 
-from ..registry import MERGE_REGISTRY
+from ...tasks import get_task
 
 __all__ = [
     "MERGE_MODES",
@@ -55,10 +57,6 @@ __all__ = [
     "group_by_class",
     "mergeable_classes",
     "singleton_groups",
-    "semantic",
-    "panoptic",
-    "instance",
-    "box",
     "build_merge",
     "merge_class_log_probs",
     "merge_mask_probs",
@@ -140,11 +138,6 @@ def group_by_class(pred_logits: torch.Tensor, mergeable: torch.Tensor) -> MergeG
     return MergeGroups(inverse, U, unit_image, counts, rep, units_per_image, Q)
 
 
-def _no_merge_groups(pred_logits: torch.Tensor) -> MergeGroups:
-    B, Q, _ = pred_logits.shape
-    return singleton_groups(B, Q, pred_logits.device)
-
-
 def singleton_groups(B: int, Q: int, device=None) -> MergeGroups:
     """Every proposal its own unit (no MERGE); units in flattened query order."""
     ids = torch.arange(B * Q, device=device)
@@ -159,51 +152,42 @@ def singleton_groups(B: int, Q: int, device=None) -> MergeGroups:
     )
 
 
-@MERGE_REGISTRY.register()
-def semantic(pred_logits: torch.Tensor, is_thing: Optional[torch.Tensor] = None) -> MergeGroups:
-    """Semantic MERGE: all proposals predicting the same (non-background) class are merged."""
-    C = pred_logits.shape[-1] - 1
-    return group_by_class(pred_logits, torch.ones(C, dtype=torch.bool))
+def mergeable_classes(task: str, is_thing: Optional[torch.Tensor], num_classes: int,
+                      device=None) -> torch.Tensor:
+    """bool (C,) classes whose proposals the task's MERGE rule merges.
 
-
-@MERGE_REGISTRY.register()
-def panoptic(pred_logits: torch.Tensor, is_thing: Optional[torch.Tensor] = None) -> MergeGroups:
-    """Panoptic MERGE: same-class STUFF proposals are merged, THING proposals stay separate.
-
-    ``is_thing`` None means every class is a thing (nothing is merged).
+    The rule is the task table's ``merge`` entry (``dataseg.tasks``): "all" (semantic),
+    "stuff" (panoptic; ``is_thing`` None means every class is a thing, so nothing merges) or
+    "none" (instance, box).
     """
-    if is_thing is None:
-        return _no_merge_groups(pred_logits)
-    C = pred_logits.shape[-1] - 1
-    if is_thing.numel() != C:
-        raise ValueError(
-            f"is_thing has {is_thing.numel()} entries but the logits cover {C} classes (+1 "
-            "background); pass the dataset's dataseg_isthing for the same vocabulary."
-        )
-    return group_by_class(pred_logits, ~is_thing.bool())
-
-
-@MERGE_REGISTRY.register()
-def instance(pred_logits: torch.Tensor, is_thing: Optional[torch.Tensor] = None) -> MergeGroups:
-    """Instance MERGE: identity (every proposal is its own unit)."""
-    return _no_merge_groups(pred_logits)
-
-
-@MERGE_REGISTRY.register()
-def box(pred_logits: torch.Tensor, is_thing: Optional[torch.Tensor] = None) -> MergeGroups:
-    """Box-supervised MERGE: identity (every proposal is its own unit)."""
-    return _no_merge_groups(pred_logits)
+    rule = get_task(task).merge
+    if rule == "all":
+        return torch.ones(num_classes, dtype=torch.bool, device=device)
+    if rule == "stuff" and is_thing is not None:
+        if is_thing.numel() != num_classes:
+            raise ValueError(
+                f"is_thing has {is_thing.numel()} entries but the logits cover {num_classes} "
+                "classes (+1 background); pass the dataset's dataseg_isthing for the same "
+                "vocabulary."
+            )
+        return ~is_thing.to(device=device, dtype=torch.bool)
+    return torch.zeros(num_classes, dtype=torch.bool, device=device)
 
 
 def build_merge(task: str):
-    """The registered grouping function of ``task``."""
-    if task not in MERGE_REGISTRY:
-        raise KeyError(
-            f"No MERGE operation registered for task {task!r}; registered: "
-            f"{sorted(name for name, _ in MERGE_REGISTRY)}. Set the dataset's metadata "
-            "'dataseg_task' to one of them or register a new one in MERGE_REGISTRY."
-        )
-    return MERGE_REGISTRY.get(task)
+    """The argmax grouping of ``task``: ``fn(pred_logits, is_thing) -> MergeGroups``.
+
+    Groups proposals by predicted class under the task's MERGE rule, from the predictions
+    alone (what inference sees; the criterion anchors units on the ground truth instead).
+    """
+    get_task(task)  # an unknown task fails here, naming the known ones
+
+    def merge(pred_logits: torch.Tensor, is_thing: Optional[torch.Tensor] = None):
+        C = pred_logits.shape[-1] - 1
+        return group_by_class(pred_logits,
+                              mergeable_classes(task, is_thing, C, pred_logits.device))
+
+    return merge
 
 
 # ------------------------------------------------------------------------------------------
@@ -468,29 +452,6 @@ def merge_proposals(
 # ------------------------------------------------------------------------------------------
 # Ground-truth-anchored MERGE (the default matching of merged units)
 # ------------------------------------------------------------------------------------------
-
-
-def mergeable_classes(task: str, is_thing: Optional[torch.Tensor], num_classes: int,
-                      device=None) -> torch.Tensor:
-    """bool (C,) classes whose proposals the task's MERGE rule merges.
-
-    Semantic: every class; panoptic: the stuff classes (``is_thing`` None: none);
-    instance / box: none. The rule itself is the task table's ``merge`` entry.
-    """
-    from ...tasks import get_task  # the task table imports nothing from modeling
-
-    rule = get_task(task).merge
-    if rule == "all":
-        return torch.ones(num_classes, dtype=torch.bool, device=device)
-    if rule == "stuff" and is_thing is not None:
-        if is_thing.numel() != num_classes:
-            raise ValueError(
-                f"is_thing has {is_thing.numel()} entries but the logits cover {num_classes} "
-                "classes (+1 background); pass the dataset's dataseg_isthing for the same "
-                "vocabulary."
-            )
-        return ~is_thing.to(device=device, dtype=torch.bool)
-    return torch.zeros(num_classes, dtype=torch.bool, device=device)
 
 
 def anchored_groups(
