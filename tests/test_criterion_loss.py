@@ -1,5 +1,6 @@
 """MergeCriterion end to end on hand-built tensors (small sizes, CPU, deterministic)."""
 
+import inspect
 import math
 
 import pytest
@@ -8,8 +9,10 @@ from detectron2.config import get_cfg
 
 from dataseg.config import add_dataseg_config
 from dataseg.modeling.criterion import (
+    BoxSupervision,
     CriterionContext,
     HungarianMatcher,
+    MaskSupervision,
     MergeCriterion,
     build_criterion,
 )
@@ -19,9 +22,21 @@ IS_THING = torch.tensor([True, True, False, False])
 H = W = 32  # padded image; masks predicted at 8 x 8
 
 
+def _accepted(cls):
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def make_criterion(matcher=None, **kw):
+    """A MergeCriterion from flat keyword arguments, each routed to the part that takes it."""
+    parts = {}
+    for name, cls in (("mask_supervision", MaskSupervision), ("box_supervision", BoxSupervision)):
+        parts[name] = cls(**{k: kw.pop(k) for k in list(kw) if k in _accepted(cls)})
+    return MergeCriterion(matcher=matcher or HungarianMatcher(), **parts, **kw)
+
+
 def _criterion(**kw):
     kw.setdefault("num_points", 64)
-    return MergeCriterion(matcher=HungarianMatcher(), **kw)
+    return make_criterion(**kw)
 
 
 def _outputs(B=2, Q=6, aux=2, seed=0):
@@ -175,7 +190,8 @@ def _cfg(**crit):
 def test_build_from_config_and_per_dataset_multiplier():
     crit = build_criterion(_cfg(DATASET_LOSS_WEIGHTS=[1.0, 3.0], MERGE_MODE="soft_union"))
     assert isinstance(crit, MergeCriterion)
-    assert crit.merge_mode == "soft_union" and crit.num_points == 64
+    assert crit.mask_supervision.merge_mode == "soft_union"
+    assert crit.mask_supervision.num_points == 64
     assert crit.dataset_loss_weights == {"coco": 1.0, "ade": 3.0}
     out = _outputs()
     torch.manual_seed(0)
@@ -211,7 +227,8 @@ def test_sampler_options_come_from_the_config_and_are_checked():
     cfg.MODEL.DATASEG.CRITERION.POINT_SAMPLER = "detectron2"
     cfg.MODEL.DATASEG.CRITERION.GT_SAMPLE_MODE = "bilinear"
     crit = build_criterion(cfg)
-    assert (crit.point_sampler, crit.gt_sample_mode) == ("detectron2", "bilinear")
+    sup = crit.mask_supervision
+    assert (sup.point_sampler, sup.gt_sample_mode) == ("detectron2", "bilinear")
     with pytest.raises(ValueError, match="POINT_SAMPLER"):
         _criterion(point_sampler="random")
     with pytest.raises(ValueError, match="GT_SAMPLE_MODE"):

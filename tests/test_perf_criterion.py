@@ -137,9 +137,9 @@ def test_logit_focal_dice_matches_probability_path(alpha, gamma, targets):
 def test_mixed_single_and_merged_units_equal_one_merge_path(mode):
     """The criterion's split (logits path for singletons, merge path for merged units) sums
     to the same losses and gradients as merging every unit through ``merge_mask_logits``."""
-    from dataseg.modeling.criterion import HungarianMatcher, MergeCriterion
+    from dataseg.modeling.criterion import MaskSupervision
 
-    crit = MergeCriterion(matcher=HungarianMatcher(), merge_mode=mode)
+    crit = MaskSupervision(merge_mode=mode)
     g = torch.Generator().manual_seed(6)
     x = torch.randn(7, 120, generator=g) * 3
     member_pair = torch.tensor([2, 0, 1, 1, 3, 2, 2])  # pairs 0 and 3 are single proposals
@@ -169,9 +169,9 @@ def _has_cxx_compiler():
 def test_compiled_point_loss_matches_eager_and_is_used_by_the_criterion():
     """COMPILE_POINT_LOSSES: the inductor-fused loss equals the eager one (values + grads)
     for two unit counts (dynamic shapes), and the criterion calls it."""
-    from dataseg.modeling.criterion import HungarianMatcher, MergeCriterion
+    from dataseg.modeling.criterion import MaskSupervision
 
-    crit = MergeCriterion(matcher=HungarianMatcher(), compile_point_losses=True)
+    crit = MaskSupervision(compile_point_losses=True)
     assert crit._point_loss is not sigmoid_focal_dice_loss
     g = torch.Generator().manual_seed(7)
     for units in (5, 9):

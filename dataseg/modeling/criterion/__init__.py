@@ -1,8 +1,10 @@
 """DaTaSeg's training criterion: task-specific MERGE -> Hungarian matching -> losses."""
 
 from ...tasks import TASKS
+from .box_supervision import BoxSupervision
 from .context import CriterionContext
-from .criterion import MergeCriterion, build_criterion
+from .criterion import MERGE_MATCHINGS, MergeCriterion, build_criterion
+from .mask_supervision import MaskSupervision
 from .matcher import HungarianMatcher
 from .merge import (
     MERGE_MODES,
@@ -25,6 +27,9 @@ __all__ = [
     "TASKS",
     "CriterionContext",
     "MergeCriterion",
+    "MERGE_MATCHINGS",
+    "MaskSupervision",
+    "BoxSupervision",
     "build_criterion",
     "HungarianMatcher",
     "MERGE_MODES",
