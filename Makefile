@@ -28,7 +28,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/run_benchmarks.py --output output/benchmarks.json
 
-claims: data
+claims: setup
 	$(PY) projects/small_scale_claims/run_claims.py --output-dir output/claims
 
 clean:
