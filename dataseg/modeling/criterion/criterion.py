@@ -265,7 +265,7 @@ class MergeCriterion(nn.Module):
         class_logp = merge_class_log_probs(
             logits.reshape(B * Q, C1), groups.unit_of_query, groups.num_units)
         return LayerMatch(groups, class_logp, unit_idx, gt_idx, anchors.gt_labels,
-                           anchors.pair_image, anchors.pairs_per_image)
+                          anchors.pair_image, anchors.pairs_per_image)
 
     def _class_loss(self, match: LayerMatch) -> torch.Tensor:
         num_classes = match.class_log_probs.shape[-1] - 1
