@@ -161,3 +161,83 @@ def test_box_dataset_drops_masks_for_training(synthetic_datasets):
     assert all("segmentation" not in a for d in dicts for a in d["annotations"])
     held_out = DatasetCatalog.get(synthetic_datasets["box_val"])
     assert any("segmentation" in a for d in held_out for a in d["annotations"])
+
+
+def _relabelled_coco(tmp_path, synthetic_root, new_ids, names=None, first_id=None):
+    """The synthetic box val json with its 3 categories renumbered (and renamed)."""
+    src = os.path.join(synthetic_root, "box", "annotations", "instances_val.json")
+    with open(src) as f:
+        info = json.load(f)
+    old = sorted(c["id"] for c in info["categories"])
+    remap = dict(zip(old, new_ids))
+    for c in info["categories"]:
+        c["id"] = remap[c["id"]]
+        if names:
+            c["name"] = names[old.index(next(k for k, v in remap.items() if v == c["id"]))]
+    for a in info["annotations"]:
+        a["category_id"] = remap[a["category_id"]]
+    if first_id is not None:
+        info["categories"].append({"id": first_id, "name": "_background_"})
+    path = tmp_path / f"relabelled_{'_'.join(map(str, new_ids))}.json"
+    path.write_text(json.dumps(info))
+    return str(path), info
+
+
+def _labels_by_name(name):
+    """category name of every loaded annotation, through the REGISTERED vocabulary."""
+    dicts = DatasetCatalog.get(name)  # first: a late json sets the vocabulary when loaded
+    classes = MetadataCatalog.get(name).dataseg_classes
+    return [classes[a["category_id"]] for d in dicts for a in d["annotations"]]
+
+
+def _labels_in_json(info):
+    names = {c["id"]: c["name"] for c in info["categories"]}
+    return sorted(names[a["category_id"]] for a in info["annotations"])
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["json-at-registration", "json-later"])
+def test_coco_ids_come_from_the_json(tmp_path, synthetic_root, late):
+    # labelme's export: ids from 0 with a "_background_" category; and ids with gaps.
+    images = os.path.join(synthetic_root, "box", "images", "val")
+    for new_ids, first in (((1, 2, 3), 0), ((1, 3, 4), None), ((7, 72, 90), None)):
+        path, info = _relabelled_coco(tmp_path, synthetic_root, new_ids, first_id=first)
+        name = f"t_cat_ids_{late}_{'_'.join(map(str, new_ids))}"
+        real = path
+        if late:  # registered before the file exists (as the builtin datasets are)
+            path = str(tmp_path / f"late_{name}.json")
+        register_box_dataset(name, path, images, replace=True)
+        if late:
+            os.replace(real, path)
+        assert sorted(_labels_by_name(name)) == _labels_in_json(info)
+        expected = sorted(info["categories"], key=lambda c: c["id"])
+        if not late:
+            assert MetadataCatalog.get(name).dataseg_classes == [c["name"] for c in expected]
+            assert MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id == {
+                c["id"]: i for i, c in enumerate(expected)}
+
+
+def test_coco_class_names_without_ids_take_the_json_ids(tmp_path, synthetic_root):
+    path, info = _relabelled_coco(tmp_path, synthetic_root, (1, 3, 4))
+    names = [c["name"] for c in sorted(info["categories"], key=lambda c: c["id"])]
+    register_box_dataset("t_cat_names_json_ids", path,
+                         os.path.join(synthetic_root, "box", "images", "val"),
+                         class_names=names, replace=True)
+    assert sorted(_labels_by_name("t_cat_names_json_ids")) == _labels_in_json(info)
+
+
+def test_coco_ids_that_disagree_with_the_json_fail_naming_both(tmp_path, synthetic_root):
+    path, info = _relabelled_coco(tmp_path, synthetic_root, (1, 3, 4))
+    images = os.path.join(synthetic_root, "box", "images", "val")
+    names = ["ball", "crate", "pyramid"]
+    with pytest.raises(DatasetValidationError, match=r"\[1, 2, 3\].*\[1, 3, 4\]"):
+        register_box_dataset("t_cat_wrong_ids", path, images, class_names=names,
+                             category_ids=[1, 2, 3], replace=True)
+    with pytest.raises(ValueError, match="2 class_names but .* has 3 categories"):
+        register_box_dataset("t_cat_wrong_count", path, images, class_names=names[:2],
+                             replace=True)
+    # Registered before the json exists with the default 1..C: the load names both.
+    late = str(tmp_path / "late_wrong.json")
+    register_box_dataset("t_cat_late_wrong", late, images, class_names=names, replace=True)
+    os.replace(path, late)
+    with pytest.raises(DatasetValidationError, match=r"\[1, 2, 3\].*\[1, 3, 4\]"):
+        DatasetCatalog.get("t_cat_late_wrong")

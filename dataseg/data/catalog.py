@@ -402,17 +402,36 @@ def register_semantic_dataset(
 
 
 # ----------------------------------------------------------------------------- COCO json
-def _coco_category_metadata(categories: Sequence[Dict]) -> Dict:
-    cats = sorted(categories, key=lambda c: c["id"])
-    names = [c["name"] for c in cats]
-    return names, dict(
-        thing_classes=names,
-        thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(cats)},
+def _coco_category_metadata(names: Sequence[str], ids: Sequence[int]) -> Dict:
+    return dict(
+        thing_classes=list(names),
+        thing_dataset_id_to_contiguous_id={int(c): i for i, c in enumerate(ids)},
     )
+
+
+def _json_categories(categories: Sequence[Dict]):
+    """(names, ids) of a COCO json's categories, sorted by id: the json's ids are the truth."""
+    cats = sorted(categories, key=lambda c: c["id"])
+    return [c["name"] for c in cats], [int(c["id"]) for c in cats]
 
 
 def _read_coco_categories(json_file: str, dataset_name: str):
     return _read_json(json_file, "COCO json", dataset_name)["categories"]
+
+
+def _describe_ids(ids) -> str:
+    ids = sorted(ids)
+    return str(ids) if len(ids) <= 12 else f"{len(ids)} ids {ids[:5]} ... {ids[-3:]}"
+
+
+def _check_category_ids(name, json_file, registered_ids, json_ids, json_names):
+    if sorted(registered_ids) != sorted(json_ids):
+        raise DatasetValidationError(
+            f"Dataset {name!r}: the registered category ids {_describe_ids(registered_ids)} do "
+            f"not match the categories of {json_file!r}, {_describe_ids(json_ids)} "
+            f"({json_names[:5]}...). Pass category_ids= in the json's order of class_names, or "
+            "omit class_names to take names and ids from the json."
+        )
 
 
 def _load_coco(name, json_file, image_root, task, keep_masks):
@@ -420,28 +439,38 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
     hint = _hint(meta.as_dict())
     _require_path(json_file, "COCO json", name, hint, is_dir=False)
     _require_path(image_root, "image", name, hint)
-    if not meta.get("dataseg_classes", None):
-        names, cat_meta = _coco_category_metadata(_read_coco_categories(json_file, name))
-        _set_metadata(name, **cat_meta, **_common_metadata(task, names, None, None, "coco", {}))
-    # dataset_name=None: ids are mapped below, with a clear error for unknown ids, instead of
-    # letting load_coco_json rewrite (and possibly contradict) the registered metadata.
+    # load_coco_json reports the json's own categories through the metadata of the name it is
+    # given (and maps annotations to their contiguous order): a private name, so the
+    # registered metadata is compared with the json instead of being overwritten by it.
+    probe = f"__dataseg_json_categories__{name}"
     try:
-        dicts = load_coco_json(json_file, image_root, dataset_name=None)
+        dicts = load_coco_json(json_file, image_root, dataset_name=probe)
+        probed = MetadataCatalog.get(probe)
+        json_ids = [int(c) for c in probed.thing_dataset_id_to_contiguous_id]
+        json_names = list(probed.thing_classes)
     except json.JSONDecodeError as e:
         raise DatasetValidationError(
             f"Dataset {name!r}: COCO json {json_file!r} is not valid JSON ({e}); the file is "
             "probably truncated or was only partly downloaded. Download or extract it again."
         ) from e
+    except KeyError as e:
+        raise DatasetValidationError(
+            f"Dataset {name!r}: {json_file!r} has an annotation whose category_id is not among "
+            f"its categories ({e}). Fix the annotation or add the category to the json."
+        ) from e
+    finally:
+        if probe in MetadataCatalog.list():
+            MetadataCatalog.remove(probe)
+    if not meta.get("dataseg_classes", None):
+        _set_metadata(name, **_coco_category_metadata(json_names, json_ids),
+                      **_common_metadata(task, json_names, None, None, "coco", {}))
     id_map = meta.thing_dataset_id_to_contiguous_id
+    _check_category_ids(name, json_file, list(id_map), json_ids, json_names)
+    # json order -> json id -> registered order (the same when the registration read the json).
+    to_registered = [id_map[c] for c in json_ids]
     for record in dicts:
         for obj in record.get("annotations", []):
-            cat = obj["category_id"]
-            if cat not in id_map:
-                raise DatasetValidationError(
-                    f"Dataset {name!r}: an annotation of {record['file_name']!r} has category_id "
-                    f"{cat}, not among the {len(id_map)} registered categories of {json_file!r}."
-                )
-            obj["category_id"] = id_map[cat]
+            obj["category_id"] = to_registered[obj["category_id"]]
             if not keep_masks:
                 obj.pop("segmentation", None)
     if not dicts:
@@ -453,19 +482,33 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
 
 def _register_coco(name, json_file, image_root, task, class_names, test_outputs,
                    eval_tasks, keep_masks, replace, extra_metadata):
-    if class_names is None and PathManager.isfile(json_file):
-        class_names, _ = _coco_category_metadata(_read_coco_categories(json_file, name))
+    category_ids = extra_metadata.pop("category_ids", None)
+    json_names = json_ids = None
+    if PathManager.isfile(json_file):
+        json_names, json_ids = _json_categories(_read_coco_categories(json_file, name))
+    if class_names is None and json_names is not None:
+        class_names, category_ids = json_names, json_ids
     meta = dict(json_file=json_file, image_root=image_root, evaluator_type="coco",
                 coco_eval_tasks=tuple(eval_tasks), **extra_metadata)
     if class_names is not None:
         names = list(class_names)
-        ids = extra_metadata.get("category_ids") or list(range(1, len(names) + 1))
-        meta.update(
-            thing_classes=names,
-            thing_dataset_id_to_contiguous_id={int(c): i for i, c in enumerate(ids)},
-            **_common_metadata(task, names, None, test_outputs, "coco", {}),
-        )
-    meta.pop("category_ids", None)
+        if category_ids is None:
+            if json_ids is not None and len(json_ids) != len(names):
+                raise ValueError(
+                    f"Dataset {name!r}: {len(names)} class_names but {json_file!r} has "
+                    f"{len(json_ids)} categories ({json_names[:5]}...); pass category_ids= or "
+                    "omit class_names to take them from the json.")
+            # The json's ids in their order; before the json exists, 1..C (checked at load).
+            category_ids = json_ids if json_ids is not None else range(1, len(names) + 1)
+        ids = [int(c) for c in category_ids]
+        if len(ids) != len(names) or len(set(ids)) != len(ids):
+            raise ValueError(
+                f"Dataset {name!r}: category_ids must be {len(names)} distinct ids, one per "
+                f"class name; got {ids}.")
+        if json_ids is not None:
+            _check_category_ids(name, json_file, ids, json_ids, json_names)
+        meta.update(**_coco_category_metadata(names, ids),
+                    **_common_metadata(task, names, None, test_outputs, "coco", {}))
     _register(
         name, lambda: _load_coco(name, json_file, image_root, task, keep_masks), meta, replace
     )
@@ -490,7 +533,9 @@ def register_instance_dataset(
         image_root: images folder.
         class_names: names in contiguous order; ``None`` reads the json's categories (sorted by
             id) now if it exists, else when first loaded.
-        category_ids: the json's category ids in the same order (default ``1..C``).
+        category_ids: the json's category ids in the order of ``class_names`` (default: the
+            json's ids sorted, or ``1..C`` while the json does not exist yet). The json's ids
+            are the truth: ids that disagree with its categories fail, naming both.
         test_outputs: outputs needed to evaluate it (default ``("instances",)``).
         replace: replace an existing registration.
         **extra_metadata: more metadata.
