@@ -112,3 +112,32 @@ def test_unknown_evaluator_type():
     MetadataCatalog.get("t_eval_unknown").evaluator_type = "nope"
     with pytest.raises(ValueError, match="registered types"):
         build_dataseg_evaluator(None, "t_eval_unknown")
+
+
+def test_coco_perfect_predictions_score_100_on_labelme_style_json(synthetic_root, tmp_path):
+    """Category ids from 0 (with "_background_"), non-contiguous ids, annotation ids from 0."""
+    import json
+    import os
+
+    from dataseg.data import register_instance_dataset
+
+    src = os.path.join(synthetic_root, "box", "annotations", "instances_val.json")
+    with open(src) as f:
+        info = json.load(f)
+    remap = {c["id"]: new for c, new in zip(sorted(info["categories"], key=lambda c: c["id"]),
+                                              (1, 5, 9))}
+    for c in info["categories"]:
+        c["id"] = remap[c["id"]]
+    info["categories"].append({"id": 0, "name": "_background_"})
+    for i, a in enumerate(info["annotations"]):
+        a["category_id"] = remap[a["category_id"]]
+        a["id"] = i  # from 0, as labelme writes them
+    path = tmp_path / "labelme.json"
+    path.write_text(json.dumps(info))
+    name = "t_eval_labelme"
+    register_instance_dataset(name, str(path), os.path.join(synthetic_root, "box", "images",
+                                                            "val"), replace=True)
+    evaluator = build_dataseg_evaluator(None, name, str(tmp_path / "eval"))
+    perfect = _run(evaluator, name, _instances_from_gt)
+    for task in ("segm", "bbox"):
+        assert perfect[task]["AP"] == pytest.approx(100.0), task
