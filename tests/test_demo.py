@@ -76,3 +76,27 @@ def test_demo_needs_weights(images, tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         demo.main(["--config-file", CONFIG, "--input", str(images), "--output", str(tmp_path),
                    "--classes", "a,b"] + TINY + ["MODEL.WEIGHTS", str(tmp_path / "nope.pth")])
+
+
+def test_things_accept_synonyms_and_any_case():
+    args = demo.get_parser().parse_args(
+        ["--config-file", CONFIG, "--input", "x", "--output", "y",
+         "--classes", "tv, monitor;person;Sky", "--things", "TV, Monitor"])
+    assert demo.resolve_vocabulary(args) == (["tv, monitor", "person", "Sky"],
+                                             [True, False, False])
+    args.things = "monitor;PERSON"
+    assert demo.resolve_vocabulary(args)[1] == [True, True, False]
+    args.things = "car"
+    with pytest.raises(SystemExit, match="'car'.*name no class"):
+        demo.resolve_vocabulary(args)
+
+
+def test_demo_refuses_a_checkpoint_of_another_text_width(images, tmp_path):
+    from dataseg.engine import DaTaSegCheckpointer
+
+    model = build_model(get_dataseg_cfg(CONFIG, TINY + ["MODEL.DATASEG.TEXT.RANDOM_DIM", "32"]))
+    DaTaSegCheckpointer(model, save_dir=str(tmp_path)).save("other_width")
+    with pytest.raises(ValueError, match="text dimension 32"):
+        demo.main(["--config-file", CONFIG, "--input", str(images), "--output",
+                   str(tmp_path / "vis"), "--classes", "a,b"]
+                  + TINY + ["MODEL.WEIGHTS", str(tmp_path / "other_width.pth")])

@@ -31,6 +31,7 @@ from .provider import TextEmbeddingProvider, build_text_embedding_provider  # no
 from .templates import TEMPLATE_SETS, get_templates, register_template_set  # noqa: F401
 from .vocabulary import (  # noqa: F401
     dataset_class_names,
+    match_class_names,
     normalize_class_name,
     parse_classes,
     split_synonyms,

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import List, Sequence
 
 __all__ = [
+    "match_class_names",
     "parse_classes",
     "normalize_class_name",
     "split_synonyms",
@@ -25,6 +26,33 @@ def parse_classes(spec: str) -> List[str]:
     """
     sep = ";" if ";" in spec else ","
     return [c.strip() for c in spec.split(sep) if c.strip()]
+
+
+def match_class_names(classes: Sequence[str], names: Sequence[str]) -> List[bool]:
+    """Which of ``classes`` the ``names`` designate: one flag per class.
+
+    A name designates a class when it equals the class (synonyms included, ``"tv, monitor"``)
+    or any one of its synonyms, ignoring case and spaces around commas, so ``--things`` can
+    say ``"TV"`` or ``"tv, monitor"`` for the class ``"tv, monitor"``.
+
+    Raises:
+        ValueError: a name designates no class (the message lists the classes).
+    """
+    keys = [normalize_class_name(c) for c in classes]
+    synonyms = [set(k.split(", ")) for k in keys]
+    flags = [False] * len(classes)
+    unknown = []
+    for name in names:
+        key = normalize_class_name(name)
+        hits = [i for i, (k, syn) in enumerate(zip(keys, synonyms))
+                if key == k or key in syn or set(key.split(", ")) <= syn]
+        if not hits:
+            unknown.append(name)
+        for i in hits:
+            flags[i] = True
+    if unknown:
+        raise ValueError(f"{unknown} name no class of {list(classes)}")
+    return flags
 
 
 def split_synonyms(class_name: str) -> List[str]:

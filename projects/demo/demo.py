@@ -20,7 +20,6 @@ import os
 import sys
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
@@ -29,8 +28,8 @@ from detectron2.utils.logger import setup_logger
 from PIL import Image
 
 import dataseg  # noqa: F401  (registers DaTaSeg)
-from dataseg.engine import get_dataseg_cfg
-from dataseg.text import parse_classes
+from dataseg.engine import DaTaSegCheckpointer, get_dataseg_cfg
+from dataseg.text import match_class_names, parse_classes
 from dataseg.utils import draw_predictions
 from dataseg.utils.malloc import tune_malloc
 
@@ -72,11 +71,12 @@ def resolve_vocabulary(args):
     classes = parse_classes(args.classes)
     if not classes:
         raise SystemExit("--classes is empty; give comma-separated class names")
-    things = set(parse_classes(args.things)) if args.things else set(classes)
-    unknown = things - set(classes)
-    if unknown:
-        raise SystemExit(f"--things names {sorted(unknown)}, which are not in --classes")
-    return classes, [c in things for c in classes]
+    if not args.things:
+        return classes, [True] * len(classes)
+    try:
+        return classes, match_class_names(classes, parse_classes(args.things))
+    except ValueError as e:
+        raise SystemExit(f"--things: {e}") from e
 
 
 def list_images(paths):
@@ -102,7 +102,9 @@ def load_model(cfg):
     if "://" not in cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
         raise SystemExit(f"MODEL.WEIGHTS file {cfg.MODEL.WEIGHTS!r} does not exist.")
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    # The project's checkpointer: a checkpoint of another text width fails with a message
+    # instead of running with a randomly re-initialised classifier.
+    DaTaSegCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
 
