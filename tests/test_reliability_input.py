@@ -242,3 +242,29 @@ def test_bad_test_dataset_found_before_training(tmp_path, synthetic_datasets):
     _edit_metadata("rel_test_vocab", dataseg_classes=["sky", "Sky", "tree"])
     with pytest.raises(ValueError, match="Test dataset 'rel_test_vocab': Duplicate class names"):
         DaTaSegTrainer(tiny_cfg(tmp_path / "out", train, test=["rel_test_vocab"]))
+
+
+def test_test_dataset_problems_found_before_training(tmp_path, synthetic_datasets, monkeypatch):
+    train = [synthetic_datasets["semantic_train"]]
+    # detectron2's own registration of a dataset DaTaSeg registers too: no DaTaSeg metadata.
+    with pytest.raises(KeyError, match=r"'ade20k_sem_seg_val' .* no DaTaSeg metadata.*"
+                                       r"Use 'dataseg_ade20k_sem_seg_val'"):
+        DaTaSegTrainer(tiny_cfg(tmp_path, train, test=["ade20k_sem_seg_val"]))
+    # Files missing: the loader's own error, now instead of after training.
+    register_semantic_dataset("rel_test_missing", str(tmp_path / "no_images"),
+                              str(tmp_path / "no_labels"), ["sky", "tree"], replace=True)
+    with pytest.raises(FileNotFoundError, match="rel_test_missing"):
+        DaTaSegTrainer(tiny_cfg(tmp_path, train, test=["rel_test_missing"]))
+    # The panoptic evaluator's package missing.
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_panopticapi(name, *args, **kwargs):
+        if name.startswith("panopticapi"):
+            raise ImportError("No module named 'panopticapi'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_panopticapi)
+    with pytest.raises(ImportError, match="needs the package 'panopticapi': pip install"):
+        DaTaSegTrainer(tiny_cfg(tmp_path, train, test=[synthetic_datasets["panoptic_val"]]))

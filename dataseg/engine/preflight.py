@@ -14,7 +14,15 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..config import check_sampling_ratios
 from ..text.vocabulary import validate_class_names
 
-__all__ = ["check_train_config", "prepare_train_vocabularies"]
+__all__ = ["check_train_config", "check_test_datasets", "prepare_train_vocabularies"]
+
+# evaluator_type -> (module the evaluator imports only when it evaluates, what to install)
+_EVALUATOR_DEPENDENCIES = {
+    "coco_panoptic_seg": ("panopticapi", "pip install --no-deps panopticapi-lite"),
+    "cityscapes_panoptic_seg": ("panopticapi", "pip install --no-deps panopticapi-lite"),
+    "cityscapes_sem_seg": ("cityscapesscripts", "pip install cityscapesscripts"),
+    "cityscapes_instance": ("cityscapesscripts", "pip install cityscapesscripts"),
+}
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,47 @@ def check_train_config(cfg) -> None:
         # Found now rather than at the first evaluation, possibly days later.
         _require_registered(name, "Test", "DATASETS.TEST", registered)
     check_sampling_ratios(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS, names)
+
+
+def check_test_datasets(cfg) -> None:
+    """What the final evaluation needs, checked before the first iteration.
+
+    Without this, a test dataset without DaTaSeg metadata (detectron2's own registration of
+    the same data, say), with missing files, or whose evaluator lacks a package fails only
+    when the run evaluates, possibly days in.
+
+    Raises:
+        KeyError: a test dataset has no DaTaSeg metadata (the message names the ``dataseg_``
+            registration of the same data when there is one).
+        ImportError: its evaluator needs a package that is not installed.
+        FileNotFoundError, DatasetValidationError: its files are missing or inconsistent
+            (the loader's own checks, run now).
+    """
+    from ..evaluation import build_dataseg_evaluator  # evaluation imports engine pieces
+
+    registered = DatasetCatalog.list()
+    for name in cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(name)
+        if meta.get("dataseg_classes", None) is None or meta.get("dataseg_task", None) is None:
+            ours = f"dataseg_{name}"
+            raise KeyError(
+                f"Test dataset {name!r} (DATASETS.TEST) has no DaTaSeg metadata (dataseg_task, "
+                "dataseg_classes): it was registered without dataseg.data.register_*_dataset"
+                + (f". Use {ours!r}, DaTaSeg's registration of the same data." if ours in
+                   registered else "; register it with one of those helpers.")
+            )
+        module, install = _EVALUATOR_DEPENDENCIES.get(meta.get("evaluator_type", ""), (None, ""))
+        if module is not None:
+            try:
+                __import__(module)
+            except ImportError as e:
+                raise ImportError(
+                    f"Test dataset {name!r} is evaluated with {meta.evaluator_type!r}, which "
+                    f"needs the package {module!r}: {install}."
+                ) from e
+        build_dataseg_evaluator(cfg, name)  # unknown evaluator types fail here
+        if not DatasetCatalog.get(name):
+            raise ValueError(f"Test dataset {name!r} has no images.")
 
 
 def _require_registered(name: str, role: str, key: str, registered: Sequence[str]) -> None:

@@ -27,7 +27,7 @@ from ..data import build_dataseg_test_loader, build_dataseg_train_loader
 from ..evaluation import build_dataseg_evaluator
 from .checkpoint import DaTaSegCheckpointer
 from .optimizer import build_dataseg_optimizer
-from .preflight import check_train_config, prepare_train_vocabularies
+from .preflight import check_test_datasets, check_train_config, prepare_train_vocabularies
 from .results_table import format_results_table
 from .training_guards import NonFiniteLossCheck, SkippedImagesMonitor, StepSeeder
 from .visualization_hook import PredictionVisualizationHook
@@ -86,6 +86,7 @@ class DaTaSegTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_train_config(cfg)
+        check_test_datasets(cfg)
         if cfg.SEED < 0:
             # The data stream and the per-step RNG derive from the seed; a random one is drawn
             # once (same on every rank) and stored in checkpoints so --resume reuses it.

@@ -37,7 +37,8 @@ Rules shared by every task (the paper does not publish them; these are our choic
 
 Everything is vectorised over the whole batch: units get global ids (sorted by image, then
 by key) through one ``torch.unique``, and members are combined with ``index_add`` /
-``scatter_reduce``; there is no Python loop over queries or segments.
+``scatter_reduce``; there is no Python loop over queries or segments (the anchored grouping
+loops over the images of the batch only).
 """
 
 from dataclasses import dataclass
