@@ -141,3 +141,32 @@ def test_coco_perfect_predictions_score_100_on_labelme_style_json(synthetic_root
     perfect = _run(evaluator, name, _instances_from_gt)
     for task in ("segm", "bbox"):
         assert perfect[task]["AP"] == pytest.approx(100.0), task
+
+
+def test_coco_wrong_area_fields_are_recomputed_with_a_warning(synthetic_root, tmp_path, caplog):
+    """Areas of 0 / the box's / a 100x scale put objects in the wrong APs/APm/APl bucket."""
+    import json
+    import os
+
+    from dataseg.data import register_instance_dataset
+
+    src = os.path.join(synthetic_root, "box", "annotations", "instances_val.json")
+    with open(src) as f:
+        info = json.load(f)
+    name = "t_eval_area"
+    images = os.path.join(synthetic_root, "box", "images", "val")
+    register_instance_dataset(name, src, images, replace=True)
+    evaluator = build_dataseg_evaluator(None, name, str(tmp_path / "ok"))
+    good = _run(evaluator, name, _instances_from_gt)
+    for i, a in enumerate(info["annotations"]):
+        a["area"] = (0, a["bbox"][2] * a["bbox"][3] * 1.5, a["area"] * 100)[i % 3]
+    bad = tmp_path / "bad_area.json"
+    bad.write_text(json.dumps(info))
+    register_instance_dataset(name + "_bad", str(bad), images, replace=True)
+    evaluator = build_dataseg_evaluator(None, name + "_bad", str(tmp_path / "bad"))
+    fixed = _run(evaluator, name + "_bad", _instances_from_gt)
+    assert "disagrees with their mask or box" in caplog.text
+    for task in ("segm", "bbox"):
+        for key in ("AP", "APs", "APm", "APl"):
+            a, b = good[task][key], fixed[task][key]
+            assert (np.isnan(a) and np.isnan(b)) or a == pytest.approx(b), (task, key)
