@@ -11,6 +11,10 @@ __all__ = ["NoPredictionsError", "CheckedDatasetEvaluators"]
 logger = logging.getLogger(__name__)
 
 
+# COCO AP of small / medium / large objects: NaN when no object of that size exists.
+_SIZE_BUCKETS = ("APs", "APm", "APl")
+
+
 class NoPredictionsError(RuntimeError):
     """An evaluator was asked for a score without having seen a single prediction."""
 
@@ -59,9 +63,13 @@ class CheckedDatasetEvaluators(DatasetEvaluators):
                 continue
             for key, value in metrics.items():
                 if "-" not in key and isinstance(value, float) and math.isnan(value):
+                    cause = ("no ground-truth object in that size range (by the json's "
+                             "'area' fields, recomputed where they disagree with the "
+                             "masks or boxes)" if key in _SIZE_BUCKETS else
+                             "there is no ground truth of the evaluated kind (all pixels "
+                             "ignored, or no annotation)")
                     logger.warning(
                         f"Dataset {self.dataset_name!r}: {task}/{key} is NaN over {total} "
-                        "images: there is no ground truth of the evaluated kind (all pixels "
-                        "ignored, or no annotation). It is not a score; do not average it."
+                        f"images: {cause}. It is not a score; do not average it."
                     )
         return results
