@@ -23,9 +23,10 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DaTaSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        DaTaSegCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR,
+            min_backbone_fraction=cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)

@@ -38,6 +38,10 @@ def add_dataseg_config(cfg):
     # CPU: same arithmetic and parameters, ~2x faster than oneDNN's 1x1 convolution at these
     # shapes (dataseg/modeling/pointwise_conv.py). Other devices keep the convolution.
     D.CPU_POINTWISE_GEMM = True
+    # Loading MODEL.WEIGHTS fails when it fills less than this share of the backbone trunk's
+    # parameters (a state dict of another format or backbone would silently train from random
+    # weights); 0 disables the check. See dataseg/engine/checkpoint.py.
+    D.MIN_LOADED_BACKBONE_FRACTION = 0.5
 
     # ---- pixel decoder (not in the paper: Mask2Former's MSDeformAttn design) -------------
     D.PIXEL_DECODER = CN()

@@ -2,8 +2,10 @@
 
 import logging
 import os
+import pickle
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -32,8 +34,21 @@ class DaTaSegCheckpointer(DetectionCheckpointer):
       mismatched classifier weights with a warning. Loading then raises a ``ValueError`` naming
       both widths and encoders.
 
-    Args: as :class:`detectron2.checkpoint.DetectionCheckpointer`.
+    * After loading, it logs which share of the backbone's pretrainable trunk (the ResNet, or
+      the ViT under ViTDet's pyramid) and of the whole model the file filled, and fails when
+      less than ``min_backbone_fraction`` of the trunk was loaded: a torchvision state dict,
+      or a checkpoint of another backbone, would otherwise train from random weights with a
+      few warnings. A file that is not a checkpoint at all fails with a message too.
+
+    Args: as :class:`detectron2.checkpoint.DetectionCheckpointer`, plus
+        min_backbone_fraction: share of the trunk's parameters a loaded file must fill
+            (``MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION``; 0 disables the check).
     """
+
+    def __init__(self, model, save_dir: str = "", *, min_backbone_fraction: float = 0.5,
+                 **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.min_backbone_fraction = float(min_backbone_fraction)
 
     # ---- saving -------------------------------------------------------------------------
     def _is_local(self) -> bool:
@@ -76,9 +91,53 @@ class DaTaSegCheckpointer(DetectionCheckpointer):
         info = getattr(provider, "info", None)
         return {"encoder": getattr(info, "identity", "unknown"), "dim": int(dim)}
 
+    def _load_file(self, filename: str):
+        try:
+            loaded = super()._load_file(filename)
+        except (KeyError, AttributeError, EOFError, pickle.UnpicklingError) as e:
+            raise ValueError(_not_a_checkpoint(filename, f"{type(e).__name__}: {e}")) from e
+        state = loaded.get("model") if isinstance(loaded, dict) else None
+        if not isinstance(state, dict) or not any(
+                isinstance(v, (torch.Tensor, np.ndarray)) for v in state.values()):
+            raise ValueError(_not_a_checkpoint(filename, "it holds no tensors"))
+        return loaded
+
     def _load_model(self, checkpoint: Any):
         self._check_text_dim(checkpoint)
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        self._check_coverage(incompatible)
+        return incompatible
+
+    def _check_coverage(self, incompatible) -> None:
+        """Log (and check) how much of the backbone trunk and of the model was loaded."""
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        sizes = {k: v.numel() for k, v in model.state_dict().items()}
+        not_loaded = set(incompatible.missing_keys) | {k for k, *_ in incompatible.incorrect_shapes}
+        backbone = getattr(model, "backbone", None)
+        trunk = "backbone.net." if hasattr(backbone, "net") else "backbone."
+
+        def share(prefix):
+            keys = [k for k in sizes if k.startswith(prefix)]
+            total = sum(sizes[k] for k in keys)
+            loaded = sum(sizes[k] for k in keys if k not in not_loaded)
+            return loaded, total
+
+        t_loaded, t_total = share(trunk)
+        m_loaded, m_total = share("")
+        if t_total:
+            logger.info(
+                f"Loaded {100.0 * t_loaded / t_total:.1f} % of the backbone trunk ({trunk}*) "
+                f"and {100.0 * m_loaded / max(m_total, 1):.1f} % of the model's parameters.")
+        if t_total and t_loaded < self.min_backbone_fraction * t_total:
+            raise ValueError(
+                f"The weights filled only {100.0 * t_loaded / t_total:.1f} % of the backbone "
+                f"({trunk}*; {len([k for k in not_loaded if k.startswith(trunk)])} tensors "
+                "missing or of another shape): the file is not a checkpoint of this backbone. "
+                "Convert torchvision / timm ResNet or MAE ViT weights with `python -m "
+                "dataseg.tools.convert_weights`, check that the config's backbone matches the "
+                "checkpoint, or train from scratch with MODEL.WEIGHTS \"\". (Set "
+                "MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION 0 to load partial weights on purpose.)"
+            )
 
     def _check_text_dim(self, checkpoint: Dict[str, Any]) -> None:
         expected = self.model_text_info()
@@ -109,3 +168,11 @@ class DaTaSegCheckpointer(DetectionCheckpointer):
                 f"configured with {expected['encoder']} (same width {dim}); class predictions "
                 "will be meaningless until the classifier is fine-tuned."
             )
+
+
+def _not_a_checkpoint(filename: str, why: str) -> str:
+    return (
+        f"MODEL.WEIGHTS {filename!r} is not a checkpoint DaTaSeg can read ({why}). Expected a "
+        "DaTaSeg / detectron2 checkpoint (.pth), a detectron2 model-zoo file (.pkl), or "
+        "weights converted with `python -m dataseg.tools.convert_weights`."
+    )

@@ -152,7 +152,9 @@ class DaTaSegTrainer(DefaultTrainer):
         # DefaultTrainer.__init__ builds a plain DetectionCheckpointer just before calling this;
         # swap it here so the PeriodicCheckpointer hook holds the atomic one.
         self.checkpointer = DaTaSegCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables)
+            self.checkpointer.model, self.cfg.OUTPUT_DIR,
+            min_backbone_fraction=self.cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
+            **self.checkpointer.checkpointables)
         hooks = super().build_hooks()
         # Before the last hook (the metrics writer) so its log lines are flushed with the rest.
         hooks.insert(len(hooks) - 1, PredictionVisualizationHook(

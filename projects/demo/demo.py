@@ -104,7 +104,9 @@ def load_model(cfg):
     model = build_model(cfg)
     # The project's checkpointer: a checkpoint of another text width fails with a message
     # instead of running with a randomly re-initialised classifier.
-    DaTaSegCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    DaTaSegCheckpointer(
+        model, min_backbone_fraction=cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
+    ).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
 

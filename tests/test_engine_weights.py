@@ -1,0 +1,106 @@
+"""Pretrained weights: conversion of the formats users have, and loads that fill nothing fail.
+
+The state dicts are built here with torchvision's and timm's own model definitions (random
+weights; no download), converted with ``dataseg.tools.convert_weights`` and loaded through
+the project's checkpointer into DaTaSeg models of the same backbone.
+"""
+
+import logging
+import pickle
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from dataseg.engine import DaTaSegCheckpointer, get_dataseg_cfg
+from dataseg.tools.convert_weights import convert_state_dict, main as convert_main
+from test_demo import CONFIG, REPO, TINY
+
+R18 = TINY + ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+              "MODEL.RESNETS.WIDTH_PER_GROUP", "64", "MODEL.RESNETS.STEM_OUT_CHANNELS", "64"]
+VITDET = str(REPO / "configs" / "tiny" / "DaTaSeg-tiny-ViTDet.yaml")
+
+
+def _load(cfg_file, opts, path):
+    model = build_model(get_dataseg_cfg(cfg_file, opts))
+    DaTaSegCheckpointer(model, min_backbone_fraction=0.5).load(path)
+    return model
+
+
+def _save_converted(state, fmt, tmp_path):
+    path = tmp_path / f"{fmt}.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(convert_state_dict(state, fmt), f)
+    return str(path)
+
+
+def _assert_resnet_loaded(model, state):
+    got = model.state_dict()
+    pairs = {"backbone.stem.conv1.weight": "conv1.weight",
+             "backbone.stem.conv1.norm.running_mean": "bn1.running_mean",
+             "backbone.res2.0.conv1.weight": "layer1.0.conv1.weight",
+             "backbone.res3.0.shortcut.weight": "layer2.0.downsample.0.weight",
+             "backbone.res3.0.shortcut.norm.weight": "layer2.0.downsample.1.weight",
+             "backbone.res5.1.conv2.norm.bias": "layer4.1.bn2.bias"}
+    for ours, theirs in pairs.items():
+        torch.testing.assert_close(got[ours], state[theirs])
+
+
+def test_torchvision_resnet_converts_and_loads(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dataseg")
+    torchvision = pytest.importorskip("torchvision")
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    model = _load(CONFIG, R18, _save_converted(state, "torchvision-resnet", tmp_path))
+    _assert_resnet_loaded(model, state)
+    assert "Loaded 100.0 % of the backbone trunk" in caplog.text
+
+
+def test_timm_resnet_converts_and_loads(tmp_path):
+    timm = pytest.importorskip("timm")
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    model = _load(CONFIG, R18, _save_converted(state, "timm-resnet", tmp_path))
+    _assert_resnet_loaded(model, state)
+
+
+def test_mae_vit_converts_and_loads_into_vitdet(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dataseg")
+    timm = pytest.importorskip("timm")
+    vit = timm.models.vision_transformer.VisionTransformer(
+        img_size=224, patch_size=16, embed_dim=64, depth=2, num_heads=2, num_classes=0)
+    state = {**vit.state_dict(), "mask_token": torch.zeros(1, 1, 64),
+             "decoder_embed.weight": torch.zeros(32, 64)}  # MAE's decoder part
+    path = tmp_path / "mae.pth"
+    torch.save({"model": state}, path)
+    out = tmp_path / "mae_converted.pkl"
+    assert convert_main(["--format", "mae-vit", str(path), str(out)]) == 0
+    model = _load(VITDET, TINY, str(out))
+    got = model.state_dict()
+    torch.testing.assert_close(got["backbone.net.patch_embed.proj.weight"],
+                               state["patch_embed.proj.weight"])
+    torch.testing.assert_close(got["backbone.net.blocks.1.attn.qkv.weight"],
+                               state["blocks.1.attn.qkv.weight"])
+    assert "of the backbone trunk (backbone.net.*)" in caplog.text
+
+
+def test_raw_torchvision_state_dict_fills_nothing_and_fails(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match=r"filled only 0.0 % of the backbone.*convert_weights"):
+        _load(CONFIG, R18, str(path))
+
+
+def test_checkpoint_of_another_backbone_fails(tmp_path):
+    model = build_model(get_dataseg_cfg(CONFIG, R18))
+    DaTaSegCheckpointer(model, save_dir=str(tmp_path)).save("resnet_dataseg")
+    with pytest.raises(ValueError, match="not a checkpoint of this backbone"):
+        _load(VITDET, TINY, str(tmp_path / "resnet_dataseg.pth"))
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b""])
+def test_junk_weights_file_gives_a_message(tmp_path, content):
+    for suffix in (".pkl", ".pth"):
+        path = tmp_path / f"junk{suffix}"
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match="is not a checkpoint DaTaSeg can read"):
+            _load(CONFIG, TINY, str(path))
