@@ -41,3 +41,38 @@ def test_dataset_class_names_prefers_dataseg_classes():
     assert dataset_class_names("_test_text_vocab_b") == ["t1", "t2"]
     with pytest.raises(KeyError, match="registered"):
         dataset_class_names("_test_text_vocab_missing")
+
+
+def test_clean_class_name_turns_dataset_ids_into_words():
+    from dataseg.text.vocabulary import class_name_warning, clean_class_name
+
+    cases = {"sky-other-merged": "sky", "tree-merged": "tree", "door-stuff": "door",
+             "wall-brick": "brick wall", "floor-wood": "wood floor", "window-blind":
+             "window blind", "tvmonitor": "tv, monitor", "pottedplant": "potted plant",
+             "window ": "window", "horse-drawn carriage": "horse-drawn carriage",
+             "tv, monitor": "tv, monitor", "person": "person"}
+    for raw, words in cases.items():
+        assert clean_class_name(raw) == words, raw
+    assert "Consider 'sky'" in class_name_warning("sky-other-merged")
+    assert class_name_warning("person") is None
+
+
+def test_builtin_vocabularies_embed_words_and_evaluate_raw_names():
+    from detectron2.data import MetadataCatalog
+
+    import dataseg  # noqa: F401
+
+    coco = MetadataCatalog.get("dataseg_coco_2017_val_panoptic")
+    i = coco.stuff_classes.index("sky-other-merged")
+    assert coco.dataseg_classes[i] == "sky"
+    ctx = MetadataCatalog.get("dataseg_pascal_context_59_val")
+    i = ctx.stuff_classes.index("tvmonitor")
+    assert ctx.dataseg_classes[i] == "tv, monitor"
+
+
+def test_text_cli_warns_about_id_like_names(caplog, tmp_path):
+    from dataseg.text.__main__ import main
+
+    main(["--encoder", "Random", "--classes", "sky-other-merged,person", "--topk", "0",
+          "MODEL.DATASEG.TEXT.CACHE_DIR", str(tmp_path)])
+    assert "'sky-other-merged' looks like a dataset id" in caplog.text

@@ -36,6 +36,7 @@ from detectron2.data.datasets.builtin_meta import (
     COCO_CATEGORIES,
 )
 
+from ..text.vocabulary import clean_class_name
 from .catalog import (
     _common_metadata,
     _require_path,
@@ -78,7 +79,8 @@ def _register_coco_panoptic(root: str):
             os.path.join(root, "coco", f"{split}2017"),
             os.path.join(root, "coco", f"panoptic_{split}2017"),
             os.path.join(root, "coco", "annotations", f"panoptic_{split}2017.json"),
-            categories=COCO_CATEGORIES, **_hint(root),
+            categories=COCO_CATEGORIES,
+            text_names=[clean_class_name(c["name"]) for c in COCO_CATEGORIES], **_hint(root),
         )
 
 
@@ -89,7 +91,8 @@ def _register_ade20k(root: str):
             f"dataseg_ade20k_sem_seg_{split}",
             os.path.join(ade, "images", folder),
             os.path.join(ade, "annotations_detectron2", folder),
-            ADE20K_SEM_SEG_CATEGORIES, **_hint(root),
+            ADE20K_SEM_SEG_CATEGORIES,
+            text_names=[clean_class_name(n) for n in ADE20K_SEM_SEG_CATEGORIES], **_hint(root),
         )
     # Weak-transfer evaluation (semantic training -> panoptic PQ). Its thing/stuff split is in
     # the json written by Mask2Former's prepare_ade20k_pan_seg.py: read it there (now if the
@@ -174,6 +177,7 @@ def _register_pascal_context(root: str):
             os.path.join(ctx, "images", "validation"),
             os.path.join(ctx, f"annotations_ctx{num}", "validation"),
             load_vocabulary(f"pascal_context_{num}"), ignore_label=ignore, gt_ext=ext,
+            text_names=[clean_class_name(n) for n in load_vocabulary(f"pascal_context_{num}")],
             **_hint(root),
         )
 

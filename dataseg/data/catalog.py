@@ -117,6 +117,15 @@ def _register(name: str, loader, metadata: Dict, replace: bool):
     _set_metadata(name, **metadata)
 
 
+def _text_names(text_names, names, dataset_name) -> List[str]:
+    if text_names is None:
+        return list(names)
+    if len(text_names) != len(names):
+        raise ValueError(f"Dataset {dataset_name!r}: {len(text_names)} text_names for "
+                         f"{len(names)} classes; give one per class, in the same order.")
+    return list(text_names)
+
+
 def _common_metadata(task, class_names, isthing, test_outputs, evaluator_type, extra):
     check_task(task)
     if isthing is None:
@@ -264,6 +273,7 @@ def register_panoptic_dataset(
     panoptic_json: str,
     *,
     categories: Optional[Sequence[Dict]] = None,
+    text_names: Optional[Sequence[str]] = None,
     test_outputs: Optional[Sequence[str]] = None,
     image_ext: str = "jpg",
     evaluator_type: str = "coco_panoptic_seg",
@@ -281,6 +291,9 @@ def register_panoptic_dataset(
         categories: COCO panoptic categories (dicts with ``id``, ``name``, ``isthing``,
             optional ``color``), in contiguous-id order. ``None`` reads them from
             ``panoptic_json`` now if it exists, else when the dataset is first loaded.
+        text_names: what the text encoder embeds for each category (``dataseg_classes``),
+            when the categories' names are ids rather than words (COCO's
+            ``"sky-other-merged"``); default: the categories' names. Evaluation keeps them.
         test_outputs: model outputs needed to evaluate it (default ``("panoptic_seg",)``).
         image_ext: image extension when the json has no ``images`` list.
         evaluator_type: key of ``dataseg.evaluation``'s evaluator registry.
@@ -302,9 +315,8 @@ def register_panoptic_dataset(
     if categories is not None:
         cat_meta, names, isthing = _panoptic_category_metadata(categories)
         meta.update(cat_meta)
-        meta.update(
-            _common_metadata("panoptic", names, isthing, test_outputs, evaluator_type, {})
-        )
+        meta.update(_common_metadata("panoptic", _text_names(text_names, names, name), isthing,
+                                     test_outputs, evaluator_type, {}))
     _register(
         name,
         lambda: _load_panoptic(name, image_root, panoptic_root, panoptic_json, image_ext,
@@ -359,6 +371,7 @@ def register_semantic_dataset(
     class_names: Sequence[str],
     ignore_label: int = 255,
     *,
+    text_names: Optional[Sequence[str]] = None,
     isthing: Optional[Sequence[bool]] = None,
     test_outputs: Optional[Sequence[str]] = None,
     image_ext: str = "jpg",
@@ -379,6 +392,9 @@ def register_semantic_dataset(
         sem_seg_root: label maps folder.
         class_names: vocabulary in id order; ``"a, b"`` entries are synonyms.
         ignore_label: label id that is not evaluated nor trained on.
+        text_names: what the text encoder embeds for each class, when ``class_names`` are
+            not words (Pascal Context's ``"tvmonitor"``); default ``class_names``, which stay
+            the evaluation names.
         isthing: optional thing/stuff flags (default all stuff); only informative here.
         test_outputs: outputs needed to evaluate it (default ``("sem_seg",)``).
         image_ext, gt_ext: file extensions.
@@ -391,9 +407,8 @@ def register_semantic_dataset(
         image_root=image_root,
         sem_seg_root=sem_seg_root,
         ignore_label=ignore_label,
-        **_common_metadata(
-            "semantic", list(class_names), isthing, test_outputs, evaluator_type, extra_metadata
-        ),
+        **_common_metadata("semantic", _text_names(text_names, class_names, name), isthing,
+                           test_outputs, evaluator_type, extra_metadata),
     )
     _register(
         name, lambda: _load_semantic(name, image_root, sem_seg_root, image_ext, gt_ext), meta,

@@ -104,13 +104,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
     import dataseg  # noqa: F401  (registers the DaTaSeg datasets in MetadataCatalog)
 
     from .provider import build_text_embedding_provider
-    from .vocabulary import dataset_class_names
+    from .vocabulary import class_name_warning, dataset_class_names
 
     vocabularies: Dict[str, List[str]] = {d: dataset_class_names(d) for d in args.datasets}
     for i, spec in enumerate(args.classes):
         vocabularies[f"classes{i}" if len(args.classes) > 1 else "classes"] = parse_classes(spec)
     if not vocabularies:
         get_parser().error("give --datasets and/or --classes")
+    for v, names in vocabularies.items():
+        for name in names:
+            warning = class_name_warning(name)
+            if warning:
+                logging.getLogger("dataseg.text").warning(f"{v}: {warning}")
 
     provider = build_text_embedding_provider(_build_cfg(args))
     embeddings = {v: provider.embed_classes(names) for v, names in vocabularies.items()}

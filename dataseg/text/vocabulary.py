@@ -5,10 +5,13 @@ several synonyms separated by commas (``"tv, television, monitor"``); every syno
 and the results are reduced to one class (see ``dataseg.text.ensemble``).
 """
 
+import re
 from collections import Counter
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 __all__ = [
+    "clean_class_name",
+    "class_name_warning",
     "match_class_names",
     "parse_classes",
     "normalize_class_name",
@@ -53,6 +56,46 @@ def match_class_names(classes: Sequence[str], names: Sequence[str]) -> List[bool
     if unknown:
         raise ValueError(f"{unknown} name no class of {list(classes)}")
     return flags
+
+
+# Dataset-internal suffixes (COCO-stuff's "-merged", "-other", "-stuff") and words run
+# together (Pascal VOC / Context) that a text encoder would embed as written.
+_ID_SUFFIX = re.compile(r"-(merged|other|stuff)$")
+_RUN_TOGETHER = {"tvmonitor": "tv, monitor", "pottedplant": "potted plant",
+                 "diningtable": "dining table"}
+# COCO-stuff names a material after its kind ("wall-brick"): in words, "brick wall".
+_KIND_FIRST = ("wall", "floor")
+
+
+def clean_class_name(name: str) -> str:
+    """The words a text encoder should see for a dataset's raw class name.
+
+    ``"sky-other-merged"`` -> ``"sky"``, ``"door-stuff"`` -> ``"door"``, ``"wall-brick"`` ->
+    ``"brick wall"``, ``"window-blind"`` -> ``"window blind"``, ``"tvmonitor"`` ->
+    ``"tv, monitor"``, ``"window "`` -> ``"window"``; ordinary names are returned stripped.
+    """
+    text = name.strip()
+    if text.lower() in _RUN_TOGETHER:
+        return _RUN_TOGETHER[text.lower()]
+    stripped = False
+    while _ID_SUFFIX.search(text):
+        text, stripped = _ID_SUFFIX.sub("", text), True
+    if "," not in text and text.count("-") == 1:
+        first, second = text.split("-")
+        if first in _KIND_FIRST:
+            return f"{second} {first}"
+        if stripped or first == "window":
+            return f"{first} {second}"
+    return text
+
+
+def class_name_warning(name: str) -> Optional[str]:
+    """Why ``name`` looks like a dataset id rather than words (None when it looks fine)."""
+    cleaned = clean_class_name(name)
+    if cleaned != name.strip():
+        return (f"class name {name!r} looks like a dataset id, not words; the text encoder "
+                f"embeds it as written. Consider {cleaned!r}.")
+    return None
 
 
 def split_synonyms(class_name: str) -> List[str]:
