@@ -192,6 +192,11 @@ def add_dataseg_config(cfg):
     _C.INPUT.DATASEG.IMAGE_SIZES = [1024]  # crop side and LSJ target size
     _C.INPUT.DATASEG.MIN_SCALES = [0.1]
     _C.INPUT.DATASEG.MAX_SCALES = [2.0]
+    # Test resolution (shortest edge / longest edge) per test dataset, aligned with
+    # DATASETS.TEST; [] = the dataset's own standard (metadata "dataseg_test_size": ADE20k and
+    # Pascal Context 512/2048, COCO 800/1333, Cityscapes 1024/2048), else INPUT.MIN/MAX_SIZE_TEST.
+    _C.INPUT.DATASEG.MIN_SIZES_TEST = []
+    _C.INPUT.DATASEG.MAX_SIZES_TEST = []
     # Corrupt/unreadable training images: skip with a warning up to this many, then stop.
     _C.INPUT.DATASEG.MAX_SKIPPED_IMAGES = 100
 
@@ -259,6 +264,16 @@ def check_dataseg_config(cfg):
                 f"INPUT.DATASEG.{key} has {len(values)} entries; give one value for all "
                 f"training datasets or one per dataset of DATASETS.TRAIN ({num_train})."
             )
+    num_test = len(cfg.DATASETS.TEST)
+    for key in ("MIN_SIZES_TEST", "MAX_SIZES_TEST"):
+        values = cfg.INPUT.DATASEG[key]
+        if len(values) not in (0, num_test):
+            raise ValueError(
+                f"INPUT.DATASEG.{key} has {len(values)} entries but DATASETS.TEST has "
+                f"{num_test} ({list(cfg.DATASETS.TEST)}); give one per test dataset, in the "
+                "same order, or leave it empty.")
+    if bool(cfg.INPUT.DATASEG.MIN_SIZES_TEST) != bool(cfg.INPUT.DATASEG.MAX_SIZES_TEST):
+        raise ValueError("Give INPUT.DATASEG.MIN_SIZES_TEST and MAX_SIZES_TEST together.")
     check_sampling_ratios(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS, cfg.DATASETS.TRAIN)
 
 

@@ -115,3 +115,30 @@ def test_mask_image_size_mismatch_is_reported(synthetic_datasets, tmp_path):
     mapper = PanopticDatasetMapper(True, dataset_name=name, augmentations=[])
     with pytest.raises(DatasetValidationError, match="small.png"):
         mapper(d)
+
+
+def test_each_test_dataset_has_its_own_test_size(dataseg_cfg, synthetic_datasets):
+    import dataseg  # noqa: F401
+    from dataseg.config import check_dataseg_config
+    from dataseg.data.mappers import test_image_size
+
+    cfg = dataseg_cfg.clone()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 100, 200
+    # The benchmarks' standard resolutions come with their registration ...
+    assert test_image_size(cfg, "dataseg_ade20k_sem_seg_val") == (512, 2048)
+    assert test_image_size(cfg, "dataseg_pascal_context_59_val") == (512, 2048)
+    assert test_image_size(cfg, "dataseg_coco_2017_val_panoptic") == (800, 1333)
+    assert test_image_size(cfg, "dataseg_cityscapes_fine_panoptic_val") == (1024, 2048)
+    # ... datasets without one use INPUT.MIN/MAX_SIZE_TEST ...
+    assert test_image_size(cfg, synthetic_datasets["semantic_val"]) == (100, 200)
+    # ... and an aligned config list wins over both.
+    cfg.DATASETS.TEST = ("dataseg_ade20k_sem_seg_val", synthetic_datasets["semantic_val"])
+    cfg.INPUT.DATASEG.MIN_SIZES_TEST = [640, 64]
+    cfg.INPUT.DATASEG.MAX_SIZES_TEST = [2560, 128]
+    assert test_image_size(cfg, "dataseg_ade20k_sem_seg_val") == (640, 2560)
+    assert test_image_size(cfg, synthetic_datasets["semantic_val"]) == (64, 128)
+    cfg.INPUT.DATASEG.MAX_SIZES_TEST = [2560]
+    cfg.DATASEG_CONFIG = True
+    cfg.MODEL.META_ARCHITECTURE = "DaTaSeg"
+    with pytest.raises(ValueError, match="MAX_SIZES_TEST has 1 entries but DATASETS.TEST has 2"):
+        check_dataseg_config(cfg)

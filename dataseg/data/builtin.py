@@ -59,6 +59,13 @@ def load_vocabulary(name: str) -> List[str]:
     return [line.rstrip("\n") for line in text.splitlines() if line.strip()]
 
 
+# The standard test resolution (shortest, longest edge) of each benchmark; the test mapper
+# uses it unless INPUT.DATASEG.MIN/MAX_SIZES_TEST say otherwise (dataseg.data.mappers).
+_COCO_SIZE = dict(dataseg_test_size=(800, 1333))
+_ADE_SIZE = dict(dataseg_test_size=(512, 2048))
+_CITYSCAPES_SIZE = dict(dataseg_test_size=(1024, 2048))
+
+
 def _if_new(register, name, *args, **kwargs):
     # A user may have registered their own copy under the same name first: keep theirs.
     if name not in DatasetCatalog.list():
@@ -80,7 +87,8 @@ def _register_coco_panoptic(root: str):
             os.path.join(root, "coco", f"panoptic_{split}2017"),
             os.path.join(root, "coco", "annotations", f"panoptic_{split}2017.json"),
             categories=COCO_CATEGORIES,
-            text_names=[clean_class_name(c["name"]) for c in COCO_CATEGORIES], **_hint(root),
+            text_names=[clean_class_name(c["name"]) for c in COCO_CATEGORIES], **_COCO_SIZE,
+            **_hint(root),
         )
 
 
@@ -92,7 +100,8 @@ def _register_ade20k(root: str):
             os.path.join(ade, "images", folder),
             os.path.join(ade, "annotations_detectron2", folder),
             ADE20K_SEM_SEG_CATEGORIES,
-            text_names=[clean_class_name(n) for n in ADE20K_SEM_SEG_CATEGORIES], **_hint(root),
+            text_names=[clean_class_name(n) for n in ADE20K_SEM_SEG_CATEGORIES], **_ADE_SIZE,
+            **_hint(root),
         )
     # Weak-transfer evaluation (semantic training -> panoptic PQ). Its thing/stuff split is in
     # the json written by Mask2Former's prepare_ade20k_pan_seg.py: read it there (now if the
@@ -102,7 +111,7 @@ def _register_ade20k(root: str):
         os.path.join(ade, "images", "validation"),
         os.path.join(ade, "ade20k_panoptic_val"),
         os.path.join(ade, "ade20k_panoptic_val.json"),
-        **_hint(root),
+        **_ADE_SIZE, **_hint(root),
     )
 
 
@@ -114,14 +123,14 @@ def _register_objects365(root: str):
             f"dataseg_objects365_v2_{split}",
             os.path.join(o365, "annotations", f"zhiyuan_objv2_{split}.json"),
             os.path.join(o365, split),
-            class_names=names, **_hint(root),
+            class_names=names, **_COCO_SIZE, **_hint(root),
         )
     # The 1,000-image instance-mask val set released with DaTaSeg (box -> mask transfer AP).
     _if_new(register_box_dataset,
         "dataseg_objects365_instance_seg_val",
         os.path.join(o365, "annotations", "o365_instance_seg_val.json"),
         os.path.join(o365, "val"),
-        class_names=names, has_masks=True, **_hint(root),
+        class_names=names, has_masks=True, **_COCO_SIZE, **_hint(root),
     )
 
 
@@ -162,7 +171,7 @@ def _register_cityscapes_panoptic(root: str):
     MetadataCatalog.get(name).set(
         image_root=image_dir, panoptic_root=gt_dir, panoptic_json=gt_json,
         gt_dir=os.path.join(root, "cityscapes", "gtFine", "val"),
-        ignore_label=255, label_divisor=1000, **meta, **hint,
+        ignore_label=255, label_divisor=1000, **meta, **hint, **_CITYSCAPES_SIZE,
         **_common_metadata("panoptic", names, isthing, ("panoptic_seg",), "coco_panoptic_seg",
                            {}),
     )
@@ -178,6 +187,7 @@ def _register_pascal_context(root: str):
             os.path.join(ctx, f"annotations_ctx{num}", "validation"),
             load_vocabulary(f"pascal_context_{num}"), ignore_label=ignore, gt_ext=ext,
             text_names=[clean_class_name(n) for n in load_vocabulary(f"pascal_context_{num}")],
+            **_ADE_SIZE,
             **_hint(root),
         )
 

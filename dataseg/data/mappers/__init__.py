@@ -4,7 +4,7 @@ from typing import Dict, Type
 
 from ...tasks import check_task
 from ..catalog import get_dataset_task
-from .base import DaTaSegDatasetMapper, build_lsj_augmentation, per_dataset_value
+from .base import DaTaSegDatasetMapper, build_lsj_augmentation, per_dataset_value, test_image_size
 from .box import BoxDatasetMapper
 from .instance import InstanceDatasetMapper
 from .panoptic import PanopticDatasetMapper
@@ -22,6 +22,7 @@ __all__ = [
     "BoxDatasetMapper",
     "build_lsj_augmentation",
     "per_dataset_value",
+    "test_image_size",
 ]
 
 # task -> mapper class. Projects can swap the mapper of a task with ``register_mapper``.

@@ -18,7 +18,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-__all__ = ["DaTaSegDatasetMapper", "build_lsj_augmentation", "per_dataset_value"]
+__all__ = ["DaTaSegDatasetMapper", "build_lsj_augmentation", "per_dataset_value",
+           "test_image_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,25 @@ def per_dataset_value(values, dataset_name: Optional[str], train_datasets) -> fl
             )
         return values[train_datasets.index(dataset_name)]
     return values[0]
+
+
+def test_image_size(cfg, dataset_name: Optional[str]):
+    """(shortest edge, longest edge) at which ``dataset_name`` is evaluated.
+
+    ``INPUT.DATASEG.MIN/MAX_SIZES_TEST`` (aligned with DATASETS.TEST) when given, else the
+    dataset's standard test size (metadata ``dataseg_test_size``), else
+    ``INPUT.MIN/MAX_SIZE_TEST``.
+    """
+    tests = list(cfg.DATASETS.TEST)
+    mins, maxs = list(cfg.INPUT.DATASEG.MIN_SIZES_TEST), list(cfg.INPUT.DATASEG.MAX_SIZES_TEST)
+    if mins and dataset_name in tests:
+        i = tests.index(dataset_name)
+        return int(mins[i]), int(maxs[i])
+    standard = MetadataCatalog.get(dataset_name).get("dataseg_test_size", None) \
+        if dataset_name else None
+    if standard:
+        return int(standard[0]), int(standard[1])
+    return cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
 
 
 def build_lsj_augmentation(image_size: int, min_scale: float, max_scale: float,
@@ -106,7 +126,7 @@ class DaTaSegDatasetMapper:
                 seg_pad_value=cls.seg_pad_value(MetadataCatalog.get(dataset_name)),
             )
         else:
-            augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
+            augs = [T.ResizeShortestEdge(*test_image_size(cfg, dataset_name))]
         return {"is_train": is_train, "dataset_name": dataset_name, "augmentations": augs,
                 "image_format": cfg.INPUT.FORMAT}
 
