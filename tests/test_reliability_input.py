@@ -246,10 +246,18 @@ def test_bad_test_dataset_found_before_training(tmp_path, synthetic_datasets):
 
 def test_test_dataset_problems_found_before_training(tmp_path, synthetic_datasets, monkeypatch):
     train = [synthetic_datasets["semantic_train"]]
-    # detectron2's own registration of a dataset DaTaSeg registers too: no DaTaSeg metadata.
-    with pytest.raises(KeyError, match=r"'ade20k_sem_seg_val' .* no DaTaSeg metadata.*"
-                                       r"Use 'dataseg_ade20k_sem_seg_val'"):
+    # A dataset registered without DaTaSeg's helpers has no DaTaSeg metadata.
+    DatasetCatalog.register("rel_test_plain_d2", lambda: [])
+    MetadataCatalog.get("rel_test_plain_d2").set(evaluator_type="sem_seg", stuff_classes=["a"])
+    with pytest.raises(KeyError, match=r"'rel_test_plain_d2' .* no DaTaSeg metadata"):
+        DaTaSegTrainer(tiny_cfg(tmp_path, train, test=["rel_test_plain_d2"]))
+    # detectron2's own names of the builtin benchmarks take their dataseg_ twin's metadata
+    # (here the files are absent, so the check gets as far as loading them).
+    with pytest.raises(FileNotFoundError, match="ADEChallengeData2016"):
         DaTaSegTrainer(tiny_cfg(tmp_path, train, test=["ade20k_sem_seg_val"]))
+    meta = MetadataCatalog.get("ade20k_sem_seg_val")
+    assert meta.dataseg_task == "semantic" and len(meta.dataseg_classes) == 150
+    assert meta.dataseg_test_size == (512, 2048)
     # Files missing: the loader's own error, now instead of after training.
     register_semantic_dataset("rel_test_missing", str(tmp_path / "no_images"),
                               str(tmp_path / "no_labels"), ["sky", "tree"], replace=True)

@@ -45,7 +45,12 @@ from .catalog import (
     register_semantic_dataset,
 )
 
-__all__ = ["register_all_builtin", "load_vocabulary", "builtin_dataset_root"]
+__all__ = ["register_all_builtin", "load_vocabulary", "builtin_dataset_root",
+           "adopt_detectron2_registration"]
+
+# The DaTaSeg keys a registration adds to detectron2's metadata.
+_DATASEG_KEYS = ("dataseg_task", "dataseg_classes", "dataseg_isthing", "dataseg_test_outputs",
+                 "dataseg_test_size")
 
 
 def builtin_dataset_root() -> str:
@@ -64,6 +69,32 @@ def load_vocabulary(name: str) -> List[str]:
 _COCO_SIZE = dict(dataseg_test_size=(800, 1333))
 _ADE_SIZE = dict(dataseg_test_size=(512, 2048))
 _CITYSCAPES_SIZE = dict(dataseg_test_size=(1024, 2048))
+
+
+def adopt_detectron2_registration(name: str) -> bool:
+    """Give detectron2's own registration ``name`` the DaTaSeg metadata of ``dataseg_<name>``.
+
+    detectron2 registers the same benchmarks under its names (``ade20k_sem_seg_val``,
+    ``coco_2017_val_panoptic``) without DaTaSeg's keys. Where that is unambiguous (the
+    ``dataseg_`` twin exists, with the same evaluator and the same classes in the same
+    contiguous order), the DaTaSeg keys are copied over so the name works in DATASETS.TEST.
+
+    Returns:
+        True if ``name`` has DaTaSeg metadata now.
+    """
+    meta = MetadataCatalog.get(name)
+    if meta.get("dataseg_classes", None) is not None:
+        return True
+    twin = f"dataseg_{name}"
+    if twin not in DatasetCatalog.list():
+        return False
+    ours = MetadataCatalog.get(twin)
+    theirs_names = [n.strip() for n in meta.get("stuff_classes", [])]
+    if meta.get("evaluator_type", None) != ours.get("evaluator_type", None) or \
+            theirs_names != [n.strip() for n in ours.get("stuff_classes", [])]:
+        return False
+    meta.set(**{k: ours.get(k) for k in _DATASEG_KEYS if ours.get(k, None) is not None})
+    return True
 
 
 def _if_new(register, name, *args, **kwargs):

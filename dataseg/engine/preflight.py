@@ -12,6 +12,7 @@ from typing import Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..config import check_sampling_ratios
+from ..data.builtin import adopt_detectron2_registration
 from ..text.vocabulary import validate_class_names
 
 __all__ = ["check_train_config", "check_test_datasets", "prepare_train_vocabularies"]
@@ -50,29 +51,27 @@ def check_train_config(cfg) -> None:
 def check_test_datasets(cfg) -> None:
     """What the final evaluation needs, checked before the first iteration.
 
-    Without this, a test dataset without DaTaSeg metadata (detectron2's own registration of
-    the same data, say), with missing files, or whose evaluator lacks a package fails only
-    when the run evaluates, possibly days in.
+    Without this, a test dataset without DaTaSeg metadata, with missing files, or whose
+    evaluator lacks a package fails only when the run evaluates, possibly days in.
+    detectron2's own names of the builtin benchmarks (``ade20k_sem_seg_val``) are accepted:
+    they get the metadata of their ``dataseg_`` twin (``adopt_detectron2_registration``).
 
     Raises:
-        KeyError: a test dataset has no DaTaSeg metadata (the message names the ``dataseg_``
-            registration of the same data when there is one).
+        KeyError: a test dataset has no DaTaSeg metadata.
         ImportError: its evaluator needs a package that is not installed.
         FileNotFoundError, DatasetValidationError: its files are missing or inconsistent
             (the loader's own checks, run now).
     """
     from ..evaluation import build_dataseg_evaluator  # evaluation imports engine pieces
 
-    registered = DatasetCatalog.list()
     for name in cfg.DATASETS.TEST:
         meta = MetadataCatalog.get(name)
-        if meta.get("dataseg_classes", None) is None or meta.get("dataseg_task", None) is None:
-            ours = f"dataseg_{name}"
+        if not adopt_detectron2_registration(name) or meta.get("dataseg_task", None) is None:
             raise KeyError(
                 f"Test dataset {name!r} (DATASETS.TEST) has no DaTaSeg metadata (dataseg_task, "
-                "dataseg_classes): it was registered without dataseg.data.register_*_dataset"
-                + (f". Use {ours!r}, DaTaSeg's registration of the same data." if ours in
-                   registered else "; register it with one of those helpers.")
+                "dataseg_classes): it was registered without dataseg.data.register_*_dataset; "
+                "register it with one of those helpers (detectron2's own names of the builtin "
+                "benchmarks get them from their dataseg_ registration)."
             )
         module, install = _EVALUATOR_DEPENDENCIES.get(meta.get("evaluator_type", ""), (None, ""))
         if module is not None:

@@ -24,6 +24,7 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 
 from ..data import build_dataseg_test_loader, build_dataseg_train_loader
+from ..data.builtin import adopt_detectron2_registration
 from ..evaluation import build_dataseg_evaluator
 from .checkpoint import DaTaSegCheckpointer
 from .optimizer import build_dataseg_optimizer
@@ -179,6 +180,8 @@ class DaTaSegTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
+        for name in cfg.DATASETS.TEST:  # detectron2's names of the benchmarks (--eval-only)
+            adopt_detectron2_registration(name)
         results = super().test(cfg, model, evaluators)
         if len(cfg.DATASETS.TEST) == 1:
             # detectron2 unwraps a single dataset's results; keep one shape for callers.
