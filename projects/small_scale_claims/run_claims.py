@@ -17,7 +17,11 @@ copy, ``--image-size`` / ``--num-train``) and is evaluated on every test set. Pe
 * DaTaSeg co-trained for N iterations in all (equal TOTAL iterations with one separate model);
 * a reference stand-in on the panoptic data alone: MERGE off and Mask2Former's losses and
   weights (CE 2 with no-object 0.1, mask BCE 5 + dice 5, matching costs 2 / 5 / 5), same
-  budget as the separate panoptic model.
+  budget as the separate panoptic model; and the two mixed arms (our losses without MERGE,
+  Mask2Former's losses with MERGE) that say which of the two differences matters.
+
+An arm whose output folder already holds its result (``claims_arm.json``, same iterations and
+overrides) is not trained again, so an interrupted run continues where it stopped.
 
 Test sets: the panoptic and semantic val sets, the box dataset's held-out MASKS (weak
 box->mask transfer) and two held-out sets whose classes carry names no training set uses,
@@ -79,6 +83,10 @@ ARMS = (
     ("DaTaSeg co-trained (equal total iterations)", TRAIN_SETS, lambda n, c: n, []),
     ("reference stand-in: panoptic only, Mask2Former losses", (PANOPTIC,),
      lambda n, c: c[0], REFERENCE),
+    # Attribution of the gap between the two panoptic-only rows: MERGE or the losses?
+    ("panoptic only, MERGE off (our losses)", (PANOPTIC,), lambda n, c: c[0], MERGE_OFF),
+    ("panoptic only, Mask2Former losses with MERGE", (PANOPTIC,), lambda n, c: c[0],
+     REFERENCE[2:]),
 )
 
 
@@ -101,8 +109,24 @@ def _setup_worker(threads: int, data_root: str):
     register_synthetic_datasets(data_root, prefix=PREFIX, replace=True)
 
 
+def _arm_record(iters, extra_opts, seed, image_size):
+    return {"iterations": iters, "opts": list(extra_opts), "seed": seed, "image_size": image_size}
+
+
+def cached_arm(output_dir, iters, extra_opts, seed, image_size):
+    """(metrics, seconds) of a finished arm in ``output_dir``, or None."""
+    path = os.path.join(output_dir, "claims_arm.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    if saved.get("arm") != _arm_record(iters, extra_opts, seed, image_size):
+        return None
+    return saved["metrics"], saved["seconds"]
+
+
 def train_and_evaluate(train_sets, iters, extra_opts, output_dir, seed, image_size):
-    """One arm: train from scratch, evaluate every test set; returns (results, seconds)."""
+    """One arm: train from scratch, evaluate every test set; returns (metrics, seconds)."""
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
 
@@ -130,8 +154,13 @@ def train_and_evaluate(train_sets, iters, extra_opts, output_dir, seed, image_si
     seed_all_rng(seed)  # model initialisation, as train_net.py's default_setup does
     trainer = DaTaSegTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    results = trainer.train()
-    return _plain(results), time.perf_counter() - start
+    results = _plain(trainer.train())
+    metrics = [metric(results, d, t, k) for _, d, t, k in COLUMNS]
+    seconds = time.perf_counter() - start
+    with open(os.path.join(output_dir, "claims_arm.json"), "w") as f:
+        json.dump({"arm": _arm_record(iters, extra_opts, seed, image_size), "metrics": metrics,
+                   "seconds": seconds, "results": results}, f, indent=2)
+    return metrics, seconds
 
 
 def _plain(results):
@@ -233,15 +262,18 @@ def main(argv=None):
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn"),
                              initializer=_setup_worker, initargs=(threads, data_root)) as pool:
-        futures = [(name, seed, job, pool.submit(train_and_evaluate, *job))
-                   for name, seed, job in jobs]
+        futures = []
+        for name, seed, job in jobs:
+            cached = cached_arm(job[3], job[1], job[2], job[4], job[5])
+            futures.append((name, seed, job, cached if cached is not None else
+                            pool.submit(train_and_evaluate, *job)))
         per_arm = OrderedDict()
         for name, seed, job, future in futures:
-            results, seconds = future.result()
+            metrics, seconds = future if isinstance(future, tuple) else future.result()
             entry = per_arm.setdefault(name, {"iterations": [], "seconds": 0.0, "seeds": {}})
             entry["iterations"].append(job[1])
             entry["seconds"] += seconds / len(args.seeds)
-            entry["seeds"][seed] = [metric(results, d, t, k) for _, d, t, k in COLUMNS]
+            entry["seeds"][seed] = metrics
             print(f"claims: {name} seed {seed}: {job[1]} iterations, {seconds / 60:.1f} min, "
                   f"{dict(zip((c[0] for c in COLUMNS), entry['seeds'][seed]))}", flush=True)
 
