@@ -170,6 +170,9 @@ def add_dataseg_config(cfg):
     D.TEST = CN()
     D.TEST.OBJECT_MASK_THRESHOLD = 0.8
     D.TEST.OVERLAP_THRESHOLD = 0.8
+    # Panoptic inference judges the overlap of each stuff CLASS segment (the union of its
+    # queries, as the training MERGE sees it) instead of each query (MaskFormer).
+    D.TEST.PANOPTIC_MERGE_STUFF = True
     D.TEST.INSTANCES_PER_IMAGE = 100
 
     # Prediction drawings written after training for this many images of every test dataset

@@ -151,3 +151,20 @@ def test_semantic_and_instance_outputs():
     assert len(inst) == 10 and inst.pred_masks.shape == (10, 60, 64)
     torch.testing.assert_close(inst.pred_boxes.tensor, masks_to_boxes(inst.pred_masks))
     assert (inst.scores[:-1] >= 0).all() and (inst.scores <= 1).all()
+
+
+def test_panoptic_merge_stuff_judges_the_class_segment_not_each_query():
+    # Two queries of stuff class 0 on one 8 x 8 region: q0 claims all of it, q1 (more
+    # confident) the right half. Per query, q0 keeps half of its own area (< 0.8) and is
+    # dropped: the left half becomes void. As one merged segment, the class keeps it all.
+    logits = torch.full((2, 2), -10.0)
+    logits[0, 0], logits[1, 0] = 4.0, 10.0
+    masks = torch.full((2, 8, 8), -10.0)
+    masks[0] = 10.0
+    masks[1, :, 4:] = 12.0
+    masks[1, :, :4] = -12.0
+    per_query, _ = panoptic_inference(logits, masks, 4, (32, 32), (32, 32), [False], 0.8, 0.8)
+    merged, info = panoptic_inference(logits, masks, 4, (32, 32), (32, 32), [False], 0.8, 0.8,
+                                      merge_stuff=True)
+    assert (per_query[:, :12] == 0).all() and (per_query[:, 20:] > 0).all()
+    assert len(info) == 1 and (merged == info[0]["id"]).all()

@@ -54,6 +54,8 @@ class DaTaSeg(nn.Module):
         pixel_mean, pixel_std: per-channel normalisation, in the input format's order.
         size_divisibility: pad batched images to a multiple of this.
         object_mask_threshold, overlap_threshold: panoptic inference thresholds.
+        panoptic_merge_stuff: judge the overlap of stuff per merged class segment
+            (``postprocessing.panoptic_inference``).
         instances_per_image: top-k of instance inference.
         cpu_pointwise_gemm: run the 1x1 convolutions as matrix products on CPU
             (``convert_pointwise_convs``; same outputs and state dict).
@@ -73,6 +75,7 @@ class DaTaSeg(nn.Module):
         size_divisibility: int = 32,
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
+        panoptic_merge_stuff: bool = True,
         instances_per_image: int = 100,
         cpu_pointwise_gemm: bool = False,
     ):
@@ -90,6 +93,7 @@ class DaTaSeg(nn.Module):
         self.size_divisibility = max(int(size_divisibility), int(backbone_div))
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
+        self.panoptic_merge_stuff = panoptic_merge_stuff
         self.instances_per_image = instances_per_image
         # Vocabularies set through set_vocabulary(): name -> {classes, task, isthing, outputs}.
         self._custom_vocabularies: Dict[str, dict] = {}
@@ -113,6 +117,7 @@ class DaTaSeg(nn.Module):
             "size_divisibility": d.SIZE_DIVISIBILITY,
             "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
+            "panoptic_merge_stuff": d.TEST.PANOPTIC_MERGE_STUFF,
             "instances_per_image": d.TEST.INSTANCES_PER_IMAGE,
             "cpu_pointwise_gemm": d.CPU_POINTWISE_GEMM,
         }
@@ -324,7 +329,8 @@ class DaTaSeg(nn.Module):
                 result["sem_seg"] = semantic_inference(*args)
             if "panoptic_seg" in info["test_outputs"]:
                 result["panoptic_seg"] = panoptic_inference(
-                    *args, info["isthing"], self.object_mask_threshold, self.overlap_threshold)
+                    *args, info["isthing"], self.object_mask_threshold, self.overlap_threshold,
+                    self.panoptic_merge_stuff)
             if "instances" in info["test_outputs"]:
                 result["instances"] = instance_inference(
                     *args, info["isthing"], self.instances_per_image)

@@ -72,13 +72,18 @@ def semantic_inference(cls_logits, mask_logits, stride, image_size, out_size):
 
 def panoptic_inference(cls_logits, mask_logits, stride, image_size, out_size,
                        is_thing: Sequence[bool], object_mask_threshold: float,
-                       overlap_threshold: float):
+                       overlap_threshold: float, merge_stuff: bool = False):
     """MaskFormer-style panoptic merge.
 
     Queries whose best class is not background and scores above ``object_mask_threshold``
     compete per pixel by score x mask probability; a segment survives if it keeps at least
     ``overlap_threshold`` of its own (prob >= 0.5) area and is non-empty; all segments of
     one stuff class share one id.
+
+    ``merge_stuff`` applies the panoptic MERGE at inference as in training: the queries of
+    one stuff class are one segment, whose own area is the union of theirs, so the overlap
+    test is passed or failed by the merged segment (a member covering part of its class's
+    region is not dropped, leaving a hole, for losing pixels to its co-members).
 
     Returns:
         (panoptic_seg (height, width) int32, segments_info list of dicts with ``id``,
@@ -104,9 +109,17 @@ def panoptic_inference(cls_logits, mask_logits, stride, image_size, out_size,
     # bincounts over the owner map and the id map is one lookup, instead of (N, H, W)
     # "assigned" / "visible" masks and one masked write per segment.
     visible_pixel = own.gather(0, owner[None])[0]  # own[owner[p], p]
-    del own
     assigned_area = torch.bincount(owner.flatten(), minlength=num_kept)
     visible_area = torch.bincount(owner[visible_pixel], minlength=num_kept)
+    if merge_stuff:
+        # Per stuff class: areas of the merged segment, given to each of its members.
+        thing_of_kept = torch.as_tensor([bool(is_thing[c]) for c in labels.tolist()])
+        for cls in sorted({c for c, t in zip(labels.tolist(), thing_of_kept.tolist()) if not t}):
+            members = ((labels == cls) & ~thing_of_kept.to(labels.device)).nonzero().squeeze(1)
+            original_area[members] = int(own[members].any(0).sum())
+            assigned_area[members] = int(assigned_area[members].sum())
+            visible_area[members] = int(visible_area[members].sum())
+    del own
     segment_of_query = torch.zeros(num_kept + 1, dtype=torch.int32)
     stuff_ids = {}
     next_id = 1
