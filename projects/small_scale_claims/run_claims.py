@@ -291,8 +291,11 @@ def main(argv=None):
         f"Generated data ({args.num_train} training images per dataset at {args.image_size} px), "
         f"tiny config from scratch, N = {n} iterations per dataset (co-trained: {3 * n}), "
         f"seeds {args.seeds}: mean ± standard deviation over seeds. Co-trained draws per "
-        f"dataset (panoptic/semantic/box) by seed: {counts}. Total wall time "
-        f"{(time.perf_counter() - start) / 60:.1f} min with {args.jobs} arms at once.\n\n")
+        f"dataset (panoptic/semantic/box) by seed: {counts}. Wall time of all arms together "
+        f"{sum(r['seconds'] for r in rows.values()) * len(args.seeds) / 60:.1f} min "
+        f"({args.jobs} at once; this invocation {(time.perf_counter() - start) / 60:.1f} min, "
+        "arms already finished are read back). PQ with the default panoptic inference "
+        "(MODEL.DATASEG.TEST.PANOPTIC_MERGE_STUFF True).\n\n")
     text = header + table + "\n"
     if len(arms) == len(ARMS):
         text += "\n| claim | measured (mean) | holds |\n| --- | --- | --- |\n" + "\n".join(
