@@ -225,7 +225,7 @@ def verdicts(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--iters-per-dataset", type=int, default=600)
+    parser.add_argument("--iters-per-dataset", type=int, default=700)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--num-train", type=int, default=200)
