@@ -17,14 +17,6 @@ from ..text.vocabulary import validate_class_names
 
 __all__ = ["check_train_config", "check_test_datasets", "prepare_train_vocabularies"]
 
-# evaluator_type -> (module the evaluator imports only when it evaluates, what to install)
-_EVALUATOR_DEPENDENCIES = {
-    "coco_panoptic_seg": ("panopticapi", "pip install --no-deps panopticapi-lite"),
-    "cityscapes_panoptic_seg": ("panopticapi", "pip install --no-deps panopticapi-lite"),
-    "cityscapes_sem_seg": ("cityscapesscripts", "pip install cityscapesscripts"),
-    "cityscapes_instance": ("cityscapesscripts", "pip install cityscapesscripts"),
-}
-
 logger = logging.getLogger(__name__)
 
 
@@ -62,7 +54,7 @@ def check_test_datasets(cfg) -> None:
         FileNotFoundError, DatasetValidationError: its files are missing or inconsistent
             (the loader's own checks, run now).
     """
-    from ..evaluation import build_dataseg_evaluator  # evaluation imports engine pieces
+    from ..evaluation import check_evaluator  # evaluation imports engine pieces
 
     for name in cfg.DATASETS.TEST:
         meta = MetadataCatalog.get(name)
@@ -73,16 +65,7 @@ def check_test_datasets(cfg) -> None:
                 "register it with one of those helpers (detectron2's own names of the builtin "
                 "benchmarks get them from their dataseg_ registration)."
             )
-        module, install = _EVALUATOR_DEPENDENCIES.get(meta.get("evaluator_type", ""), (None, ""))
-        if module is not None:
-            try:
-                __import__(module)
-            except ImportError as e:
-                raise ImportError(
-                    f"Test dataset {name!r} is evaluated with {meta.evaluator_type!r}, which "
-                    f"needs the package {module!r}: {install}."
-                ) from e
-        build_dataseg_evaluator(cfg, name)  # unknown evaluator types fail here
+        check_evaluator(name)  # unknown evaluator type, missing package
         if not DatasetCatalog.get(name):
             raise ValueError(f"Test dataset {name!r} has no images.")
 

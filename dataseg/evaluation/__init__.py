@@ -1,7 +1,12 @@
 """Per-dataset evaluator wiring (metadata-driven)."""
 
 from .checks import CheckedDatasetEvaluators, NoPredictionsError
-from .build import EVALUATOR_REGISTRY, build_dataseg_evaluator, register_evaluator
+from .build import (
+    EVALUATOR_REGISTRY,
+    build_dataseg_evaluator,
+    check_evaluator,
+    register_evaluator,
+)
 from .coco import DaTaSegCOCOEvaluator
 
 __all__ = ["EVALUATOR_REGISTRY", "build_dataseg_evaluator", "register_evaluator",

@@ -6,7 +6,7 @@
 """
 
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -24,23 +24,63 @@ from .checks import CheckedDatasetEvaluators
 from .coco import DaTaSegCOCOEvaluator
 
 __all__ = ["EVALUATOR_REGISTRY", "register_evaluator", "build_dataseg_evaluator",
-           "load_label_map"]
+           "check_evaluator", "load_label_map"]
 
 EvaluatorFactory = Callable[[str, Optional[str], object], List[DatasetEvaluator]]
 EVALUATOR_REGISTRY: Dict[str, EvaluatorFactory] = {}
+# evaluator_type -> (package its evaluator imports only when it evaluates, how to install it)
+_REQUIREMENTS: Dict[str, Tuple[str, str]] = {}
+
+_PANOPTICAPI = ("panopticapi", "pip install --no-deps panopticapi-lite")
+_CITYSCAPES = ("cityscapesscripts", "pip install cityscapesscripts (note that it pins numpy<2)")
 
 
-def register_evaluator(evaluator_type: str):
-    """Decorator: use the decorated factory for datasets with this ``evaluator_type``."""
+def register_evaluator(evaluator_type: str, requires: Optional[Tuple[str, str]] = None):
+    """Decorator: use the decorated factory for datasets with this ``evaluator_type``.
+
+    ``requires``: ``(package, install hint)`` the evaluator needs; :func:`check_evaluator`
+    imports it up front.
+    """
 
     def wrap(factory: EvaluatorFactory) -> EvaluatorFactory:
         EVALUATOR_REGISTRY[evaluator_type] = factory
+        if requires is not None:
+            _REQUIREMENTS[evaluator_type] = requires
         return factory
 
     return wrap
 
 
-@register_evaluator("coco_panoptic_seg")
+def check_evaluator(dataset_name: str) -> EvaluatorFactory:
+    """The evaluator factory of ``dataset_name``, once its required package imports.
+
+    Cheap (nothing is built or read), so training can call it before the first iteration.
+
+    Raises:
+        ValueError: the dataset has no ``evaluator_type`` or an unregistered one.
+        ImportError: a package the evaluator needs is not installed (with the install line).
+    """
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type not in EVALUATOR_REGISTRY:
+        raise ValueError(
+            f"No evaluator for dataset {dataset_name!r} with evaluator_type "
+            f"{evaluator_type!r}; registered types: {sorted(EVALUATOR_REGISTRY)}. Register the "
+            "dataset with dataseg.data.register_*_dataset or add a factory with "
+            "dataseg.evaluation.register_evaluator."
+        )
+    if evaluator_type in _REQUIREMENTS:
+        package, install = _REQUIREMENTS[evaluator_type]
+        try:
+            __import__(package)
+        except ImportError as e:
+            raise ImportError(
+                f"Dataset {dataset_name!r} is evaluated with {evaluator_type!r}, which needs "
+                f"the package {package!r}: {install}."
+            ) from e
+    return EVALUATOR_REGISTRY[evaluator_type]
+
+
+@register_evaluator("coco_panoptic_seg", requires=_PANOPTICAPI)
 def _panoptic(dataset_name, output_folder, cfg):
     return [COCOPanopticEvaluator(dataset_name, output_folder)]
 
@@ -73,13 +113,6 @@ def _coco(dataset_name, output_folder, cfg):
 
 def _cityscapes(kind):
     def factory(dataset_name, output_folder, cfg):
-        try:
-            import cityscapesscripts  # noqa: F401
-        except ImportError as e:
-            raise ImportError(
-                f"Evaluating {dataset_name!r} ({kind}) needs the optional package "
-                "cityscapesscripts (pip install cityscapesscripts; note that it pins numpy<2)."
-            ) from e
         from detectron2.evaluation import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
 
         cls = {"sem_seg": CityscapesSemSegEvaluator, "instance": CityscapesInstanceEvaluator}
@@ -88,10 +121,10 @@ def _cityscapes(kind):
     return factory
 
 
-register_evaluator("cityscapes_sem_seg")(_cityscapes("sem_seg"))
-register_evaluator("cityscapes_instance")(_cityscapes("instance"))
+register_evaluator("cityscapes_sem_seg", requires=_CITYSCAPES)(_cityscapes("sem_seg"))
+register_evaluator("cityscapes_instance", requires=_CITYSCAPES)(_cityscapes("instance"))
 # detectron2's own cityscapes panoptic registration: PQ through the panoptic json.
-register_evaluator("cityscapes_panoptic_seg")(_panoptic)
+register_evaluator("cityscapes_panoptic_seg", requires=_PANOPTICAPI)(_panoptic)
 
 
 def build_dataseg_evaluator(cfg, dataset_name: str,
@@ -105,18 +138,10 @@ def build_dataseg_evaluator(cfg, dataset_name: str,
             ``OUTPUT_DIR/inference/<dataset_name>``).
 
     Raises:
-        ValueError: the dataset has no ``evaluator_type`` or an unregistered one.
+        ValueError, ImportError: as :func:`check_evaluator`.
     """
-    meta = MetadataCatalog.get(dataset_name)
-    evaluator_type = meta.get("evaluator_type", None)
-    if evaluator_type not in EVALUATOR_REGISTRY:
-        raise ValueError(
-            f"No evaluator for dataset {dataset_name!r} with evaluator_type "
-            f"{evaluator_type!r}; registered types: {sorted(EVALUATOR_REGISTRY)}. Register the "
-            "dataset with dataseg.data.register_*_dataset or add a factory with "
-            "dataseg.evaluation.register_evaluator."
-        )
+    factory = check_evaluator(dataset_name)
     if output_folder is None and cfg is not None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-    evaluators = EVALUATOR_REGISTRY[evaluator_type](dataset_name, output_folder, cfg)
+    evaluators = factory(dataset_name, output_folder, cfg)
     return CheckedDatasetEvaluators(evaluators, dataset_name)
