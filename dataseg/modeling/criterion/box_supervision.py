@@ -89,11 +89,6 @@ class BoxSupervision:
             "input_format": cfg.INPUT.FORMAT,
         }
 
-    @property
-    def loss_keys(self):
-        return ("loss_projection", "loss_pairwise") if self.pairwise_enabled else (
-            "loss_projection",)
-
     def prepare(self, outputs, targets, context: CriterionContext) -> _BoxTargets:
         """Box projections (and colour affinities) shared by every layer."""
         h, w = outputs["pred_masks"].shape[-2:]

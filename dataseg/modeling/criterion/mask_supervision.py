@@ -160,10 +160,6 @@ class MaskSupervision:
             "compile_point_losses": c.COMPILE_POINT_LOSSES,
         }
 
-    @property
-    def loss_keys(self):
-        return ("loss_focal", "loss_dice")
-
     def prepare(self, outputs, targets, context) -> _MaskTargets:
         """Matching points and the ground truth at them, shared by every layer."""
         device = outputs["pred_logits"].device

@@ -129,14 +129,19 @@ def group_by_class(pred_logits: torch.Tensor, mergeable: torch.Tensor) -> MergeG
     stride = C + Q
     image_ids = torch.arange(B, device=labels.device)[:, None]
     global_key = (image_ids * stride + key).reshape(-1)
-    uniq, inverse, counts = torch.unique(global_key, return_inverse=True, return_counts=True)
-    U = uniq.numel()
-    unit_image = torch.div(uniq, stride, rounding_mode="floor")
-    flat_ids = torch.arange(B * Q, device=labels.device)
-    rep = torch.full((U,), B * Q, dtype=torch.long, device=labels.device)
-    rep = rep.scatter_reduce(0, inverse, flat_ids, reduce="amin")
-    units_per_image = torch.bincount(unit_image, minlength=B).tolist()
-    return MergeGroups(inverse, U, unit_image, counts, rep, units_per_image, Q)
+    uniq, inverse = torch.unique(global_key, return_inverse=True)
+    return _groups(inverse, torch.div(uniq, stride, rounding_mode="floor"), B, Q)
+
+
+def _groups(unit_of_query: torch.Tensor, unit_image: torch.Tensor, B: int, Q: int
+            ) -> MergeGroups:
+    """MergeGroups from each proposal's global unit id and each unit's image (sorted)."""
+    U = unit_image.numel()
+    device = unit_of_query.device
+    rep = torch.full((U,), B * Q, dtype=torch.long, device=device).scatter_reduce(
+        0, unit_of_query, torch.arange(B * Q, device=device), reduce="amin")
+    return MergeGroups(unit_of_query, U, unit_image, torch.bincount(unit_of_query, minlength=U),
+                       rep, torch.bincount(unit_image, minlength=B).tolist(), Q)
 
 
 def singleton_groups(B: int, Q: int, device=None) -> MergeGroups:
@@ -516,11 +521,7 @@ def anchored_groups(
         gt_idx.append(anchor_gt[b].to(device))
         units_per_image.append(n)
         offset += n
-    inverse = torch.cat(unit_of_query)
-    counts = torch.bincount(inverse, minlength=offset)
-    rep = torch.full((offset,), B * Q, dtype=torch.long, device=device)
-    rep = rep.scatter_reduce(0, inverse, torch.arange(B * Q, device=device), reduce="amin")
     unit_image = torch.repeat_interleave(
         torch.arange(B, device=device), torch.tensor(units_per_image, device=device))
-    groups = MergeGroups(inverse, offset, unit_image, counts, rep, units_per_image, Q)
-    return groups, torch.cat(unit_idx), torch.cat(gt_idx)
+    return _groups(torch.cat(unit_of_query), unit_image, B, Q), torch.cat(unit_idx), \
+        torch.cat(gt_idx)
