@@ -38,11 +38,11 @@ from detectron2.data.datasets.builtin_meta import (
 
 from ..text.vocabulary import clean_class_name
 from .catalog import (
-    _common_metadata,
-    _require_path,
+    dataseg_metadata,
     register_box_dataset,
     register_panoptic_dataset,
     register_semantic_dataset,
+    require_path,
 )
 
 __all__ = ["register_all_builtin", "load_vocabulary", "builtin_dataset_root",
@@ -193,7 +193,7 @@ def _register_cityscapes_panoptic(root: str):
     def load():
         for path, what, is_dir in ((image_dir, "image", True), (gt_dir, "panoptic PNG", True),
                                    (gt_json, "panoptic json", False)):
-            _require_path(path, what, name, " " + hint["dataseg_missing_hint"], is_dir=is_dir)
+            require_path(path, what, name, " " + hint["dataseg_missing_hint"], is_dir=is_dir)
         return load_cityscapes_panoptic(image_dir, gt_dir, gt_json, meta)
 
     if name in DatasetCatalog.list():
@@ -203,8 +203,7 @@ def _register_cityscapes_panoptic(root: str):
         image_root=image_dir, panoptic_root=gt_dir, panoptic_json=gt_json,
         gt_dir=os.path.join(root, "cityscapes", "gtFine", "val"),
         ignore_label=255, label_divisor=1000, **meta, **hint, **_CITYSCAPES_SIZE,
-        **_common_metadata("panoptic", names, isthing, ("panoptic_seg",), "coco_panoptic_seg",
-                           {}),
+        **dataseg_metadata("panoptic", names, isthing, ("panoptic_seg",), "coco_panoptic_seg"),
     )
 
 

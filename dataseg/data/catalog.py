@@ -38,6 +38,8 @@ __all__ = [
     "register_semantic_dataset",
     "register_instance_dataset",
     "register_box_dataset",
+    "require_path",
+    "dataseg_metadata",
 ]
 
 # Header reads are cheap, full label reads are not: validate sizes/ids on a sample at load
@@ -80,7 +82,12 @@ def _hint(metadata: Dict) -> str:
     return f" {hint}" if hint else ""
 
 
-def _require_path(path: str, what: str, dataset_name: str, hint: str = "", is_dir=True):
+def require_path(path: str, what: str, dataset_name: str, hint: str = "", is_dir=True):
+    """Raise ``FileNotFoundError`` naming ``path`` unless it is an existing folder (file).
+
+    For custom loaders (dataseg.data.builtin's Cityscapes one): the message names the dataset,
+    what was expected (``what``: "image", "panoptic json") and ends with ``hint``.
+    """
     exists = PathManager.isdir(path) if is_dir else PathManager.isfile(path)
     if not exists:
         kind = "folder" if is_dir else "file"
@@ -126,7 +133,14 @@ def _text_names(text_names, names, dataset_name) -> List[str]:
     return list(text_names)
 
 
-def _common_metadata(task, class_names, isthing, test_outputs, evaluator_type, extra):
+def dataseg_metadata(task: str, class_names: Sequence[str], isthing=None, test_outputs=None,
+                     evaluator_type: str = "", extra: Optional[Dict] = None) -> Dict:
+    """The DaTaSeg metadata keys of a registration (``dataseg_task``, ``dataseg_classes``, ...).
+
+    For datasets registered with a custom loader instead of the ``register_*`` helpers: set
+    the returned dict on ``MetadataCatalog.get(name)``. ``isthing`` defaults to the task's
+    default and ``test_outputs`` to the outputs its evaluation needs; ``extra`` is merged in.
+    """
     check_task(task)
     if isthing is None:
         isthing = [bool(get_task(task).default_isthing)] * len(class_names)
@@ -149,6 +163,11 @@ def _common_metadata(task, class_names, isthing, test_outputs, evaluator_type, e
     )
     meta.update(extra or {})
     return meta
+
+
+# Internal spellings used throughout this module.
+_require_path = require_path
+_common_metadata = dataseg_metadata
 
 
 def _check_same_size(image_file: str, label_file: str, dataset_name: str):
