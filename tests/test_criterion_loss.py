@@ -1,6 +1,5 @@
 """MergeCriterion end to end on hand-built tensors (small sizes, CPU, deterministic)."""
 
-import inspect
 import math
 
 import pytest
@@ -8,30 +7,13 @@ import torch
 from detectron2.config import get_cfg
 
 from dataseg.config import add_dataseg_config
-from dataseg.modeling.criterion import (
-    BoxSupervision,
-    CriterionContext,
-    HungarianMatcher,
-    MaskSupervision,
-    MergeCriterion,
-    build_criterion,
-)
+from dataseg.modeling.criterion import CriterionContext, MergeCriterion, build_criterion
+
+from helpers import make_criterion
 
 C = 4
 IS_THING = torch.tensor([True, True, False, False])
 H = W = 32  # padded image; masks predicted at 8 x 8
-
-
-def _accepted(cls):
-    return set(inspect.signature(cls.__init__).parameters) - {"self"}
-
-
-def make_criterion(matcher=None, **kw):
-    """A MergeCriterion from flat keyword arguments, each routed to the part that takes it."""
-    parts = {}
-    for name, cls in (("mask_supervision", MaskSupervision), ("box_supervision", BoxSupervision)):
-        parts[name] = cls(**{k: kw.pop(k) for k in list(kw) if k in _accepted(cls)})
-    return MergeCriterion(matcher=matcher or HungarianMatcher(), **parts, **kw)
 
 
 def _criterion(**kw):

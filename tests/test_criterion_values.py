@@ -18,7 +18,7 @@ from dataseg.modeling.criterion import (
 )
 from dataseg.modeling.criterion.losses import focal_loss, sigmoid_focal_dice_loss
 from dataseg.modeling.criterion.merge import merge_mask_logits
-from test_criterion_loss import make_criterion
+from helpers import make_criterion
 
 ALPHA, GAMMA = 0.25, 2.0
 LN2, LN3 = math.log(2.0), math.log(3.0)

@@ -5,7 +5,7 @@ import json
 import logging
 import os
 
-from test_reliability_input import tiny_cfg
+from helpers import trainer_cfg
 
 from dataseg.engine import DaTaSegTrainer
 
@@ -16,7 +16,7 @@ def test_cotrain_evaluate_and_visualize(tmp_path, synthetic_datasets, caplog):
     test = [d["panoptic_val"], d["semantic_val"], d["box_val"]]
     caplog.set_level(logging.INFO, logger="dataseg")
     out = tmp_path / "run"
-    cfg = tiny_cfg(out, train, test, **{"SOLVER.MAX_ITER": 3,
+    cfg = trainer_cfg(out, train, test, **{"SOLVER.MAX_ITER": 3,
                                         "TEST.DATASEG.NUM_VISUALIZATIONS": 1})
     trainer = DaTaSegTrainer(cfg)
     trainer.resume_or_load(resume=False)

@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 
 from dataseg.engine import DaTaSegCheckpointer, get_dataseg_cfg
 from dataseg.tools.convert_weights import convert_state_dict, main as convert_main
-from test_demo import CONFIG, REPO, TINY
+from helpers import REPO, TINY_CONFIG as CONFIG, TINY_OPTS as TINY
 
 R18 = TINY + ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
               "MODEL.RESNETS.WIDTH_PER_GROUP", "64", "MODEL.RESNETS.STEM_OUT_CHANNELS", "64"]

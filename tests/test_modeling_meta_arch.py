@@ -1,75 +1,24 @@
 """DaTaSeg meta-architecture: training losses/gradients, inference outputs, vocabularies."""
 
-import os
-
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 
-from dataseg.config import add_dataseg_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny", "DaTaSeg-tiny.yaml")
-
-PAN, SEM, BOX, INS = ("test_modeling_pan", "test_modeling_sem", "test_modeling_box",
-                      "test_modeling_ins")
+from helpers import BOX, INS, PAN, SEM, make_inputs, model_cfg, register_model_metadata
 
 
 @pytest.fixture(scope="module", autouse=True)
 def metadata():
-    MetadataCatalog.get(PAN).set(
-        dataseg_task="panoptic", dataseg_classes=["person", "car", "sky", "grass"],
-        dataseg_isthing=[True, True, False, False],
-        dataseg_test_outputs=("sem_seg", "panoptic_seg", "instances"))
-    MetadataCatalog.get(SEM).set(
-        dataseg_task="semantic", dataseg_classes=["wall", "floor", "tree"],
-        dataseg_isthing=[False, False, False], dataseg_test_outputs=("sem_seg",))
-    MetadataCatalog.get(BOX).set(
-        dataseg_task="box", dataseg_classes=["cup", "bottle"], dataseg_isthing=[True, True],
-        dataseg_test_outputs=("instances",))
-    MetadataCatalog.get(INS).set(
-        dataseg_task="instance", dataseg_classes=["cup", "bottle"],
-        dataseg_isthing=[True, True], dataseg_test_outputs=("instances",))
-
-
-def tiny_cfg(tmp_path):
-    cfg = add_dataseg_config(get_cfg())
-    cfg.merge_from_file(TINY)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.DATASEG.TEXT.ENCODER = "Random"  # mechanics only; no model loading
-    cfg.MODEL.DATASEG.TEXT.CACHE_DIR = str(tmp_path / "text_cache")
-    cfg.MODEL.DATASEG.CRITERION.TRAIN_NUM_POINTS = 256
-    return cfg
+    register_model_metadata()
 
 
 @pytest.fixture
 def model(tmp_path):
     torch.manual_seed(0)
-    return build_model(tiny_cfg(tmp_path))
-
-
-def make_inputs(dataset, sizes=((64, 64), (48, 64)), task="panoptic", with_targets=True):
-    g = torch.Generator().manual_seed(0)
-    batch = []
-    for h, w in sizes:
-        x = {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
-             "height": h, "width": w, "dataset_name": dataset}
-        if with_targets:
-            inst = Instances((h, w))
-            masks = torch.zeros(2, h, w, dtype=torch.bool)
-            masks[0, : h // 2, : w // 2] = True
-            masks[1, h // 2:, w // 3:] = True
-            inst.gt_classes = torch.tensor([0, 1])
-            inst.gt_boxes = BitMasks(masks).get_bounding_boxes()
-            if task != "box":
-                inst.gt_masks = BitMasks(masks)
-            x["instances"] = inst
-        batch.append(x)
-    return batch
+    return build_model(model_cfg(tmp_path))
 
 
 def test_train_forward_losses_and_gradients(model):

@@ -16,7 +16,12 @@ from dataseg.modeling.pointwise_conv import (
     pointwise_conv2d,
 )
 
-from test_modeling_meta_arch import PAN, make_inputs, metadata, tiny_cfg  # noqa: F401
+from helpers import PAN, make_inputs, model_cfg, register_model_metadata
+
+
+@pytest.fixture(scope="module", autouse=True)
+def metadata():
+    register_model_metadata()
 
 
 @pytest.mark.parametrize("stride", [(1, 1), (2, 2), (1, 2)])
@@ -68,7 +73,7 @@ def test_convert_swaps_only_plain_1x1_convs_and_keeps_outputs_and_state():
 
 
 def test_config_key_converts_the_model_and_keeps_its_outputs(tmp_path):
-    cfg = tiny_cfg(tmp_path)
+    cfg = model_cfg(tmp_path)
     cfg.MODEL.DATASEG.CPU_POINTWISE_GEMM = False
     torch.manual_seed(0)
     plain = build_model(cfg).eval()

@@ -21,33 +21,10 @@ from dataseg.data import (
     register_panoptic_dataset,
     register_semantic_dataset,
 )
-from dataseg.engine import DaTaSegTrainer, get_dataseg_cfg
+from dataseg.engine import DaTaSegTrainer
 from dataseg.text import TextEncoderUnavailableError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny", "DaTaSeg-tiny.yaml")
-
-
-def tiny_cfg(output_dir, train, test=(), **overrides):
-    """The tiny config shrunk for unit tests (64 px, Random text encoder, no workers)."""
-    opts = {
-        "DATASETS.TRAIN": tuple(train), "DATASETS.TEST": tuple(test),
-        "DATALOADER.DATASEG.SAMPLING_RATIOS": [1.0] * len(train),
-        "DATALOADER.DATASEG.BATCH_SIZES": [2] * len(train),
-        "INPUT.DATASEG.IMAGE_SIZES": [64], "INPUT.MIN_SIZE_TEST": 64, "INPUT.MAX_SIZE_TEST": 64,
-        "MODEL.DATASEG.CRITERION.TRAIN_NUM_POINTS": 256,
-        "MODEL.DATASEG.TEXT.ENCODER": "Random",
-        "MODEL.DATASEG.TEXT.CACHE_DIR": os.path.join(str(output_dir), "text_cache"),
-        "MODEL.DEVICE": "cpu", "DATALOADER.NUM_WORKERS": 0, "SEED": 11,
-        "SOLVER.MAX_ITER": 2, "SOLVER.CHECKPOINT_PERIOD": 1000,
-        "TEST.DATASEG.NUM_VISUALIZATIONS": 0, "OUTPUT_DIR": str(output_dir),
-    }
-    opts.update(overrides)
-    flat = []
-    for key, value in opts.items():
-        flat += [key, str(value) if not isinstance(value, str) else value]
-    return get_dataseg_cfg(TINY, flat)
-
+from helpers import trainer_cfg
 
 def _copy(synthetic_root, tmp_path, sub):
     dst = tmp_path / sub
@@ -65,7 +42,7 @@ def _register_panoptic(name, root, json_name="panoptic_train.json"):
 
 def _trainer_fails(tmp_path, name, exc, match):
     with pytest.raises(exc, match=match):
-        DaTaSegTrainer(tiny_cfg(tmp_path / "out", [name]))
+        DaTaSegTrainer(trainer_cfg(tmp_path / "out", [name]))
 
 
 # ---- files ---------------------------------------------------------------------------
@@ -189,7 +166,7 @@ def test_unknown_task_name(tmp_path):
 
 def test_unregistered_training_dataset(tmp_path, synthetic_datasets):
     with pytest.raises(KeyError, match=r"not registered; did you mean \['pytest_synth_box_tr"):
-        DaTaSegTrainer(tiny_cfg(tmp_path, ["pytest_synth_box_trian"]))
+        DaTaSegTrainer(trainer_cfg(tmp_path, ["pytest_synth_box_trian"]))
 
 
 @pytest.mark.parametrize("ratios,match", [
@@ -201,9 +178,9 @@ def test_bad_sampling_ratios(tmp_path, synthetic_datasets, ratios, match):
     train = [synthetic_datasets["panoptic_train"], synthetic_datasets["semantic_train"]]
     # Caught when the config is read (train_net.py) ...
     with pytest.raises(ValueError, match=match):
-        tiny_cfg(tmp_path, train, **{"DATALOADER.DATASEG.SAMPLING_RATIOS": ratios})
+        trainer_cfg(tmp_path, train, **{"DATALOADER.DATASEG.SAMPLING_RATIOS": ratios})
     # ... and by the trainer and the loader for configs built in code.
-    cfg = tiny_cfg(tmp_path, train)
+    cfg = trainer_cfg(tmp_path, train)
     cfg.defrost()
     cfg.DATALOADER.DATASEG.SAMPLING_RATIOS = ratios
     with pytest.raises(ValueError, match=match):
@@ -222,12 +199,12 @@ def test_bad_vocabulary(tmp_path, classes, match):
     # As if the class list had been edited by hand.
     _edit_metadata(name, dataseg_classes=classes, dataseg_isthing=[False] * len(classes))
     with pytest.raises(ValueError, match=rf"Training dataset '{name}': .*{match}"):
-        DaTaSegTrainer(tiny_cfg(tmp_path / "out", [name]))
+        DaTaSegTrainer(trainer_cfg(tmp_path / "out", [name]))
 
 
 def test_text_encoder_weights_absent(tmp_path, synthetic_datasets):
     pytest.importorskip("open_clip")
-    cfg = tiny_cfg(tmp_path, [synthetic_datasets["semantic_train"]], **{
+    cfg = trainer_cfg(tmp_path, [synthetic_datasets["semantic_train"]], **{
         "MODEL.DATASEG.TEXT.ENCODER": "OpenCLIP", "MODEL.DATASEG.TEXT.OPENCLIP_MODEL": "RN50",
         "MODEL.DATASEG.TEXT.OPENCLIP_PRETRAINED": str(tmp_path / "missing" / "clip.pt")})
     with pytest.raises(TextEncoderUnavailableError, match=r"no such checkpoint[\s\S]*MiniLM"):
@@ -237,11 +214,11 @@ def test_text_encoder_weights_absent(tmp_path, synthetic_datasets):
 def test_bad_test_dataset_found_before_training(tmp_path, synthetic_datasets):
     train = [synthetic_datasets["semantic_train"]]
     with pytest.raises(KeyError, match="Test dataset 'pytest_synth_semantic_vall'"):
-        DaTaSegTrainer(tiny_cfg(tmp_path, train, test=["pytest_synth_semantic_vall"]))
+        DaTaSegTrainer(trainer_cfg(tmp_path, train, test=["pytest_synth_semantic_vall"]))
     _semantic(tmp_path, "rel_test_vocab", np.zeros((16, 16)))
     _edit_metadata("rel_test_vocab", dataseg_classes=["sky", "Sky", "tree"])
     with pytest.raises(ValueError, match="Test dataset 'rel_test_vocab': Duplicate class names"):
-        DaTaSegTrainer(tiny_cfg(tmp_path / "out", train, test=["rel_test_vocab"]))
+        DaTaSegTrainer(trainer_cfg(tmp_path / "out", train, test=["rel_test_vocab"]))
 
 
 def test_test_dataset_problems_found_before_training(tmp_path, synthetic_datasets, monkeypatch):
@@ -250,11 +227,11 @@ def test_test_dataset_problems_found_before_training(tmp_path, synthetic_dataset
     DatasetCatalog.register("rel_test_plain_d2", lambda: [])
     MetadataCatalog.get("rel_test_plain_d2").set(evaluator_type="sem_seg", stuff_classes=["a"])
     with pytest.raises(KeyError, match=r"'rel_test_plain_d2' .* no DaTaSeg metadata"):
-        DaTaSegTrainer(tiny_cfg(tmp_path, train, test=["rel_test_plain_d2"]))
+        DaTaSegTrainer(trainer_cfg(tmp_path, train, test=["rel_test_plain_d2"]))
     # detectron2's own names of the builtin benchmarks take their dataseg_ twin's metadata
     # (here the files are absent, so the check gets as far as loading them).
     with pytest.raises(FileNotFoundError, match="ADEChallengeData2016"):
-        DaTaSegTrainer(tiny_cfg(tmp_path, train, test=["ade20k_sem_seg_val"]))
+        DaTaSegTrainer(trainer_cfg(tmp_path, train, test=["ade20k_sem_seg_val"]))
     meta = MetadataCatalog.get("ade20k_sem_seg_val")
     assert meta.dataseg_task == "semantic" and len(meta.dataseg_classes) == 150
     assert meta.dataseg_test_size == (512, 2048)
@@ -262,7 +239,7 @@ def test_test_dataset_problems_found_before_training(tmp_path, synthetic_dataset
     register_semantic_dataset("rel_test_missing", str(tmp_path / "no_images"),
                               str(tmp_path / "no_labels"), ["sky", "tree"], replace=True)
     with pytest.raises(FileNotFoundError, match="rel_test_missing"):
-        DaTaSegTrainer(tiny_cfg(tmp_path, train, test=["rel_test_missing"]))
+        DaTaSegTrainer(trainer_cfg(tmp_path, train, test=["rel_test_missing"]))
     # The panoptic evaluator's package missing.
     import builtins
 
@@ -275,4 +252,4 @@ def test_test_dataset_problems_found_before_training(tmp_path, synthetic_dataset
 
     monkeypatch.setattr(builtins, "__import__", no_panopticapi)
     with pytest.raises(ImportError, match="needs the package 'panopticapi': pip install"):
-        DaTaSegTrainer(tiny_cfg(tmp_path, train, test=[synthetic_datasets["panoptic_val"]]))
+        DaTaSegTrainer(trainer_cfg(tmp_path, train, test=[synthetic_datasets["panoptic_val"]]))

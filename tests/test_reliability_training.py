@@ -13,7 +13,7 @@ from dataseg.data import register_semantic_dataset
 from dataseg.engine import DaTaSegCheckpointer, DaTaSegTrainer
 from dataseg.engine import checkpoint as checkpoint_module
 
-from test_reliability_input import tiny_cfg
+from helpers import trainer_cfg
 
 
 def _train(cfg):
@@ -64,7 +64,7 @@ def test_truncated_jpegs_are_skipped_and_counted(tmp_path, synthetic_datasets,
                                                  semantic_with_truncated_jpegs, caplog):
     register, bad = semantic_with_truncated_jpegs
     name = register("rel_truncated")
-    cfg = tiny_cfg(tmp_path, [name], **{"SOLVER.MAX_ITER": 3,
+    cfg = trainer_cfg(tmp_path, [name], **{"SOLVER.MAX_ITER": 3,
                                         "DATALOADER.DATASEG.BATCH_SIZES": [6]})
     with caplog.at_level("WARNING", logger="dataseg.data.build"):
         trainer = _train(cfg)
@@ -79,7 +79,7 @@ def test_too_many_skipped_images_stop_training(tmp_path, synthetic_datasets,
                                                semantic_with_truncated_jpegs):
     register, _ = semantic_with_truncated_jpegs
     name = register("rel_truncated_limit")
-    cfg = tiny_cfg(tmp_path, [name], **{"SOLVER.MAX_ITER": 3,
+    cfg = trainer_cfg(tmp_path, [name], **{"SOLVER.MAX_ITER": 3,
                                         "DATALOADER.DATASEG.BATCH_SIZES": [6],
                                         "INPUT.DATASEG.MAX_SKIPPED_IMAGES": 2})
     with pytest.raises(RuntimeError, match=r"INPUT.DATASEG.MAX_SKIPPED_IMAGES"):
@@ -89,7 +89,7 @@ def test_too_many_skipped_images_stop_training(tmp_path, synthetic_datasets,
 # ---- non-finite losses ------------------------------------------------------------------
 def test_non_finite_loss_names_dataset_iteration_and_term(tmp_path, synthetic_datasets):
     name = synthetic_datasets["semantic_train"]
-    trainer = DaTaSegTrainer(tiny_cfg(tmp_path, [name]))
+    trainer = DaTaSegTrainer(trainer_cfg(tmp_path, [name]))
     trainer.resume_or_load(resume=False)
 
     def poison(module, args, output):
@@ -106,7 +106,7 @@ def test_non_finite_loss_names_dataset_iteration_and_term(tmp_path, synthetic_da
 
 # ---- checkpoints ------------------------------------------------------------------------
 def test_trainer_uses_the_atomic_checkpointer(tmp_path, synthetic_datasets):
-    trainer = DaTaSegTrainer(tiny_cfg(tmp_path, [synthetic_datasets["semantic_train"]]))
+    trainer = DaTaSegTrainer(trainer_cfg(tmp_path, [synthetic_datasets["semantic_train"]]))
     from detectron2.engine.hooks import PeriodicCheckpointer
 
     hook = next(h for h in trainer._hooks if isinstance(h, PeriodicCheckpointer))
@@ -145,7 +145,7 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 @pytest.fixture
 def trained_checkpoint(tmp_path, synthetic_datasets):
-    cfg = tiny_cfg(tmp_path / "train", [synthetic_datasets["semantic_train"]])
+    cfg = trainer_cfg(tmp_path / "train", [synthetic_datasets["semantic_train"]])
     trainer = _train(cfg)
     trainer.checkpointer.save("model_test")
     return cfg, os.path.join(cfg.OUTPUT_DIR, "model_test.pth")
@@ -160,7 +160,7 @@ def test_checkpoint_loads_with_other_datasets_and_vocabularies(tmp_path, synthet
     assert not any("_vocab_" in k for k in saved["model"])  # embeddings are not saved
     assert saved["dataseg_text"] == {"encoder": "Random/dim64", "dim": 64}
     other = synthetic_datasets["heldout_panoptic_val"]  # other classes, other task
-    cfg = tiny_cfg(tmp_path / "eval", [synthetic_datasets["box_train"]], test=[other])
+    cfg = trainer_cfg(tmp_path / "eval", [synthetic_datasets["box_train"]], test=[other])
     model = build_model(cfg)
     DaTaSegCheckpointer(model).load(path)
     model.eval()
@@ -176,7 +176,7 @@ def test_checkpoint_loads_with_other_datasets_and_vocabularies(tmp_path, synthet
 def test_checkpoint_with_other_text_dimension_is_refused(tmp_path, synthetic_datasets,
                                                          trained_checkpoint):
     _, path = trained_checkpoint
-    cfg = tiny_cfg(tmp_path / "eval", [synthetic_datasets["semantic_train"]],
+    cfg = trainer_cfg(tmp_path / "eval", [synthetic_datasets["semantic_train"]],
                    **{"MODEL.DATASEG.TEXT.RANDOM_DIM": 32})
     model = build_model(cfg)
     with pytest.raises(ValueError, match=r"Checkpoint text dimension 64 \(text encoder "
@@ -192,12 +192,12 @@ def test_checkpoint_with_other_text_dimension_is_refused(tmp_path, synthetic_dat
 
 
 def test_random_seed_is_stored_and_reused_on_resume(tmp_path, synthetic_datasets):
-    cfg = tiny_cfg(tmp_path, [synthetic_datasets["semantic_train"]],
+    cfg = trainer_cfg(tmp_path, [synthetic_datasets["semantic_train"]],
                    **{"SEED": -1, "SOLVER.CHECKPOINT_PERIOD": 1})
     first = _train(cfg)
     seed = first.cfg.SEED
     assert seed >= 0 and first._trainer.data_loader.loader.dataset.schedule.seed == seed
-    cfg2 = tiny_cfg(tmp_path, [synthetic_datasets["semantic_train"]],
+    cfg2 = trainer_cfg(tmp_path, [synthetic_datasets["semantic_train"]],
                     **{"SEED": -1, "SOLVER.MAX_ITER": 3})
     resumed = DaTaSegTrainer(cfg2)
     resumed.resume_or_load(resume=True)
