@@ -29,8 +29,8 @@ def test_registered_and_built_from_config():
     assert CLASSIFIER_REGISTRY.get("TextEmbeddingClassifier") is TextEmbeddingClassifier
     clf = build_classifier(_cfg(**{"DECODER.CLASS_HEAD_LAYERS": 2}), hidden_dim=24)
     assert clf.text_dim == 16 and clf.hidden_dim == 24
-    assert isinstance(clf.class_head, torch.nn.Sequential)
-    assert isinstance(build_classifier(_cfg()).class_head, torch.nn.Linear)
+    assert [(m.in_features, m.out_features) for m in clf.class_head.layers] == [(24, 24), (24, 16)]
+    assert len(build_classifier(_cfg()).class_head.layers) == 1
 
 
 def test_logit_shapes_and_shared_background():
@@ -51,7 +51,8 @@ def test_embeddings_are_non_persistent_buffers_that_follow_the_module():
     clf = _classifier()
     clf.set_vocabulary("coco", ["person", "car"])
     keys = set(clf.state_dict())
-    assert keys == {"background_embedding", "logit_scale", "class_head.weight", "class_head.bias"}
+    assert keys == {"background_embedding", "logit_scale", "class_head.layers.0.weight",
+                    "class_head.layers.0.bias"}
     assert any(b.shape == (2, 16) for b in clf.buffers())
     clf = clf.double()
     assert clf(torch.randn(3, 32, dtype=torch.float64), "coco").dtype == torch.float64
@@ -68,7 +69,7 @@ def test_gradients_reach_background_and_head_not_text():
     assert (
         clf.background_embedding.grad is not None and clf.background_embedding.grad.abs().sum() > 0
     )
-    assert clf.class_head.weight.grad is not None and clf.logit_scale.grad is not None
+    assert clf.class_head.layers[0].weight.grad is not None and clf.logit_scale.grad is not None
     for buf in clf.buffers():
         assert not buf.requires_grad and buf.grad is None
 
@@ -114,12 +115,12 @@ def test_max_synonym_reduction_takes_best_synonym():
     clf = TextEmbeddingClassifier(hidden_dim=16, embedding_provider=provider)
     clf.set_vocabulary("v", ["tv, television", "cat"])
     with torch.no_grad():
-        clf.class_head.weight.copy_(torch.eye(16))
-        clf.class_head.bias.zero_()
+        clf.class_head.layers[0].weight.copy_(torch.eye(16))
+        clf.class_head.layers[0].bias.zero_()
     tv, television = provider.embed(["tv, television", "cat"]).embeddings[:2]
     logits = clf(torch.stack([tv, television]), "v")
     assert logits.shape == (2, 3)
     scale = clf.current_logit_scale()
     assert torch.allclose(logits[:, 0], scale.expand(2), atol=1e-4)  # each matches its synonym
     logits.sum().backward()
-    assert clf.class_head.weight.grad is not None
+    assert clf.class_head.layers[0].weight.grad is not None

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
+from panopticapi.utils import id2rgb
 
 from .catalog import register_box_dataset, register_instance_dataset, \
     register_panoptic_dataset, register_semantic_dataset
@@ -214,8 +215,7 @@ def _write_panoptic(out_dir, split, scenes, vocab):
             ids[mask] = seg_id
             segments_info.append({"id": int(seg_id), "category_id": _PANOPTIC_IDS[concept],
                                   "iscrowd": 0, "bbox": _bbox(mask), "area": int(mask.sum())})
-        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
-        Image.fromarray(rgb).save(os.path.join(png_dir, stem + ".png"))
+        Image.fromarray(id2rgb(ids)).save(os.path.join(png_dir, stem + ".png"))
         h, w = stuff.shape
         images.append({"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w})
         annotations.append({"image_id": image_id, "file_name": stem + ".png",

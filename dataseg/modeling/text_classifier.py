@@ -17,6 +17,7 @@ from torch import nn
 from ..text import VocabularyEmbeddings, build_text_embedding_provider
 from ..text.ensemble import reduce_synonym_scores
 from ..text.vocabulary import validate_class_names
+from .mlp import MLP
 from .registry import CLASSIFIER_REGISTRY
 
 __all__ = ["TextEmbeddingClassifier", "UnknownVocabularyError", "build_classifier"]
@@ -27,18 +28,6 @@ class UnknownVocabularyError(KeyError):
 
     def __str__(self):  # KeyError would print the message inside quotes
         return str(self.args[0]) if self.args else ""
-
-
-def _class_head(hidden_dim: int, text_dim: int, num_layers: int) -> nn.Module:
-    if num_layers < 1:
-        raise ValueError(f"CLASS_HEAD_LAYERS must be >= 1, got {num_layers}.")
-    if num_layers == 1:
-        return nn.Linear(hidden_dim, text_dim)
-    layers: List[nn.Module] = []
-    for _ in range(num_layers - 1):
-        layers += [nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=True)]
-    layers.append(nn.Linear(hidden_dim, text_dim))
-    return nn.Sequential(*layers)
 
 
 @CLASSIFIER_REGISTRY.register()
@@ -83,7 +72,9 @@ class TextEmbeddingClassifier(nn.Module):
         self.embedding_provider = embedding_provider
         self.hidden_dim = hidden_dim
         self._text_dim = int(embedding_provider.text_dim)
-        self.class_head = _class_head(hidden_dim, self._text_dim, class_head_layers)
+        if class_head_layers < 1:
+            raise ValueError(f"CLASS_HEAD_LAYERS must be >= 1, got {class_head_layers}.")
+        self.class_head = MLP(hidden_dim, hidden_dim, self._text_dim, class_head_layers)
         self.background_embedding = nn.Parameter(torch.empty(self._text_dim))
         # Unit-norm-ish start: the embedding is normalised in forward, so only its direction
         # matters, and a random direction is nearly orthogonal to every class.

@@ -4,17 +4,12 @@ import numpy as np
 from PIL import Image
 
 from detectron2.utils.file_io import PathManager
+from panopticapi.utils import rgb2id
 
 from ..catalog import DatasetValidationError, check_panoptic_segment_ids
 from .base import DaTaSegDatasetMapper, masks_to_instances
 
 __all__ = ["PanopticDatasetMapper"]
-
-
-def _rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    # COCO panoptic PNG encoding: id = R + 256 G + 256^2 B.
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
 class PanopticDatasetMapper(DaTaSegDatasetMapper):
@@ -30,7 +25,7 @@ class PanopticDatasetMapper(DaTaSegDatasetMapper):
         path = dataset_dict["pan_seg_file_name"]
         with PathManager.open(path, "rb") as f:
             rgb = np.asarray(Image.open(f).convert("RGB"))
-        pan = _rgb_to_id(rgb)
+        pan = rgb2id(rgb)
         if pan.shape != tuple(image_shape):
             raise DatasetValidationError(
                 f"Dataset {self.dataset_name!r}: panoptic PNG {path!r} is {pan.shape} but image "

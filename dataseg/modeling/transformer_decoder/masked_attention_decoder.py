@@ -8,32 +8,17 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
+from ..mlp import MLP
 from ..position_encoding import PositionEmbeddingSine
 from ..registry import TRANSFORMER_DECODER_REGISTRY
 
-__all__ = ["MaskedAttentionDecoder", "build_transformer_decoder", "MLP"]
+__all__ = ["MaskedAttentionDecoder", "build_transformer_decoder"]
 
 
 def build_transformer_decoder(cfg, in_channels: int, text_dim: int):
     """Build the query decoder named by ``MODEL.DATASEG.DECODER.NAME``."""
     name = cfg.MODEL.DATASEG.DECODER.NAME
     return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, text_dim)
-
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU between them."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x):
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
 
 
 def multihead_attention(attn: nn.MultiheadAttention, query, key, value, hidden=None):
