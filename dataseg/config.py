@@ -223,6 +223,11 @@ def add_dataseg_config(cfg):
     # ---- optimiser (Mask2Former-style AdamW with a backbone multiplier) -------------------
     _C.SOLVER.OPTIMIZER = "ADAMW"
     _C.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # ViTDet's layer-wise learning-rate decay for ViT backbones (detectron2's
+    # get_vit_lr_decay_rate): block N of MODEL.VIT.DEPTH gets rate ** (DEPTH - N), the patch
+    # embedding rate ** (DEPTH + 1), on top of BACKBONE_MULTIPLIER. 1.0 = off. ViTDet: 0.7
+    # for ViT-B, 0.8 for ViT-L (set in configs/coco_ade_o365/DaTaSeg_ViTDet-*.yaml).
+    _C.SOLVER.VIT_LAYER_DECAY_RATE = 1.0
     return cfg
 
 
