@@ -252,8 +252,7 @@ def check_dataseg_config(cfg):
             "use the train_net.py of the project that owns that architecture."
         )
     num_train = len(cfg.DATASETS.TRAIN)
-    aligned = {
-        "DATALOADER.DATASEG.SAMPLING_RATIOS": cfg.DATALOADER.DATASEG.SAMPLING_RATIOS,
+    aligned = {  # SAMPLING_RATIOS: check_sampling_ratios, below
         "DATALOADER.DATASEG.BATCH_SIZES": cfg.DATALOADER.DATASEG.BATCH_SIZES,
         "MODEL.DATASEG.CRITERION.DATASET_LOSS_WEIGHTS":
             cfg.MODEL.DATASEG.CRITERION.DATASET_LOSS_WEIGHTS,
@@ -285,11 +284,20 @@ def check_dataseg_config(cfg):
     check_sampling_ratios(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS, cfg.DATASETS.TRAIN)
 
 
-def check_sampling_ratios(ratios, train_datasets):
+def check_sampling_ratios(ratios, train_datasets, dataset_sizes=None):
     """Validate ``DATALOADER.DATASEG.SAMPLING_RATIOS`` against ``DATASETS.TRAIN``.
 
+    The one check of the sampling ratios, with one set of messages: the config check, the
+    trainer's pre-flight and ``MultiDatasetSchedule`` all call it.
+
     Empty means "derived from dataset sizes". Otherwise one finite, non-negative value per
-    training dataset, in the same order, at least one of them positive.
+    training dataset, in the same order, at least one of them positive, and (when
+    ``dataset_sizes`` is given) none positive for a dataset without images.
+
+    Args:
+        ratios: the ratios (any non-negative scale; they are normalised where used).
+        train_datasets: the names of the training datasets, for the messages.
+        dataset_sizes: optional number of images of each dataset.
 
     Raises:
         ValueError: naming the offending entries and their datasets.
@@ -314,6 +322,15 @@ def check_sampling_ratios(ratios, train_datasets):
             "Give at least one training dataset a positive ratio (remove a dataset from "
             "DATASETS.TRAIN rather than giving it 0 if it should not be trained on)."
         )
+    if dataset_sizes is not None:
+        empty = [f"{name}={r}" for name, r, size in zip(names, ratios, dataset_sizes)
+                 if size <= 0 and float(r) > 0]
+        if empty:
+            raise ValueError(
+                f"{key} gives a positive ratio to empty datasets ({', '.join(empty)}): they "
+                "have no image to draw. Fix their registration or remove them from "
+                "DATASETS.TRAIN."
+            )
 
 
 def merge_dataseg_config_file(cfg, config_file: str):

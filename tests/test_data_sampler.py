@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from dataseg.config import check_sampling_ratios
 from dataseg.data import MultiDatasetSchedule, sampling_ratios_from_sizes
 
 SIZES = [50, 300, 20]
@@ -66,3 +67,23 @@ def test_invalid_arguments():
         MultiDatasetSchedule([10, 5], [1.0], [2, 2])
     with pytest.raises(ValueError, match="empty"):
         MultiDatasetSchedule([0, 5], [0.5, 0.5], [2, 2])
+
+
+@pytest.mark.parametrize("ratios", [[1.0, -0.5], [0.0, 0.0], [1.0], [1.0, float("nan")]])
+def test_ratio_errors_are_the_config_check(ratios):
+    """One check of the ratios: the schedule raises the config check's message, naming the
+    datasets."""
+    names = ["coco", "ade"]
+    with pytest.raises(ValueError) as config_error:
+        check_sampling_ratios(ratios, names)
+    with pytest.raises(ValueError) as schedule_error:
+        MultiDatasetSchedule([10, 10], ratios, [2, 2], dataset_names=names)
+    assert str(schedule_error.value) == str(config_error.value)
+    assert "DATALOADER.DATASEG.SAMPLING_RATIOS" in str(config_error.value)
+
+
+def test_empty_dataset_with_a_ratio_is_named():
+    with pytest.raises(ValueError, match=r"empty datasets \(ade=0.5\)"):
+        MultiDatasetSchedule([5, 0], [0.5, 0.5], [2, 2], dataset_names=["coco", "ade"])
+    # A zero ratio keeps an empty dataset out of the draws: allowed.
+    assert MultiDatasetSchedule([5, 0], [1.0, 0.0], [2, 2]).dataset_at(7) == 0

@@ -19,8 +19,8 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 
-from ..config import check_sampling_ratios
 from .catalog import DatasetValidationError
+from .columnar import is_columnar
 from .mappers import build_dataseg_mapper, get_mapper_class
 from .sampler import MultiDatasetSchedule, sampling_ratios_from_sizes
 
@@ -42,15 +42,15 @@ def _identity(batch):
 
 
 def resolve_sampling_ratios(cfg, sizes: Sequence[int]) -> List[float]:
-    """``DATALOADER.DATASEG.SAMPLING_RATIOS`` or ``p_i ∝ size_i ** SIZE_EXPONENT``."""
-    ratios = list(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS)
+    """``DATALOADER.DATASEG.SAMPLING_RATIOS`` as given, or ``p_i ∝ size_i ** SIZE_EXPONENT``.
+
+    Not validated nor normalised here: :class:`MultiDatasetSchedule` does both (with
+    ``dataseg.config.check_sampling_ratios``, the one check of the ratios).
+    """
+    ratios = [float(r) for r in cfg.DATALOADER.DATASEG.SAMPLING_RATIOS]
     if not ratios:
         return sampling_ratios_from_sizes(sizes, cfg.DATALOADER.DATASEG.SIZE_EXPONENT)
-    names = list(cfg.DATASETS.TRAIN)
-    check_sampling_ratios(ratios, names if len(names) == len(sizes) else
-                          [f"dataset {i}" for i in range(len(sizes))])
-    total = float(sum(ratios))
-    return [r / total for r in ratios]
+    return ratios
 
 
 def resolve_batch_sizes(cfg, num_datasets: int) -> List[int]:
@@ -69,10 +69,17 @@ def resolve_batch_sizes(cfg, num_datasets: int) -> List[int]:
 def _load_train_dicts(cfg, name: str):
     dicts = DatasetCatalog.get(name)
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS and get_mapper_class(name).filter_empty_annotations:
-        dicts = filter_images_with_only_crowd_annotations(dicts)
+        dicts = (dicts.without_crowd_only_images() if is_columnar(dicts)
+                 else filter_images_with_only_crowd_annotations(dicts))
     if not dicts:
         raise ValueError(f"Training dataset {name!r} has no usable images.")
     return dicts
+
+
+def _as_dataset(dicts):
+    # DatasetFromList pickles every dict into one buffer (no copy-on-read in workers); a
+    # columnar cache is already memory-mapped and would only be materialised by it.
+    return dicts if is_columnar(dicts) else DatasetFromList(dicts, copy=False)
 
 
 def build_train_schedule(cfg, sizes: Sequence[int], world_size: Optional[int] = None,
@@ -81,9 +88,11 @@ def build_train_schedule(cfg, sizes: Sequence[int], world_size: Optional[int] = 
     world_size = comm.get_world_size() if world_size is None else world_size
     if seed is None:
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+    names = list(cfg.DATASETS.TRAIN)
     return MultiDatasetSchedule(
         sizes, resolve_sampling_ratios(cfg, sizes), resolve_batch_sizes(cfg, len(sizes)),
         world_size=world_size, seed=seed,
+        dataset_names=names if len(names) == len(sizes) else None,
     )
 
 
@@ -186,7 +195,7 @@ def build_dataseg_train_loader(cfg, start_iter: int = 0, mappers: Optional[Seque
     names = list(cfg.DATASETS.TRAIN)
     if not names:
         raise ValueError("DATASETS.TRAIN is empty.")
-    datasets = [DatasetFromList(_load_train_dicts(cfg, n), copy=False) for n in names]
+    datasets = [_as_dataset(_load_train_dicts(cfg, n)) for n in names]
     if mappers is None:
         mappers = [build_dataseg_mapper(cfg, n, is_train=True) for n in names]
     schedule = build_train_schedule(cfg, [len(d) for d in datasets])

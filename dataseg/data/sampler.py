@@ -24,6 +24,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..config import check_sampling_ratios
+
 __all__ = ["MultiDatasetSchedule", "sampling_ratios_from_sizes"]
 
 # Separate the seed spaces of the two kinds of draws.
@@ -47,29 +49,35 @@ class MultiDatasetSchedule:
         seed: shared seed (identical on every rank).
         shuffle: permute images each epoch (False: read in order, for debugging).
         block_size: iterations per dataset-choice block (an implementation detail).
+        dataset_names: names of the datasets in error messages (default "dataset <i>").
     """
 
     def __init__(self, dataset_sizes: Sequence[int], ratios: Sequence[float],
                  batch_sizes: Sequence[int], world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, block_size: int = 1024):
+                 shuffle: bool = True, block_size: int = 1024,
+                 dataset_names: Optional[Sequence[str]] = None):
         n = len(dataset_sizes)
         if n == 0:
             raise ValueError("MultiDatasetSchedule needs at least one dataset.")
-        if len(ratios) != n or len(batch_sizes) != n:
-            raise ValueError(
-                f"Got {n} datasets but {len(ratios)} ratios and {len(batch_sizes)} batch sizes."
-            )
+        names = list(dataset_names) if dataset_names is not None else \
+            [f"dataset {i}" for i in range(n)]
+        if len(names) != n:
+            raise ValueError(f"Got {n} datasets but {len(names)} dataset names.")
+        if len(batch_sizes) != n:
+            raise ValueError(f"Got {n} datasets but {len(batch_sizes)} batch sizes.")
+        # The same validation (and messages) as the config's SAMPLING_RATIOS; empty ratios
+        # have no meaning here, the caller derives them from the sizes.
+        check_sampling_ratios(ratios, names, dataset_sizes)
+        if len(ratios) == 0:
+            raise ValueError(f"Got {n} datasets but no sampling ratios.")
         ratios = np.asarray(ratios, dtype=np.float64)
-        if (ratios < 0).any() or ratios.sum() <= 0:
-            raise ValueError(f"Sampling ratios must be >= 0 with a positive sum, got {ratios}.")
         for i, (size, bs) in enumerate(zip(dataset_sizes, batch_sizes)):
-            if size <= 0 and ratios[i] > 0:
-                raise ValueError(f"Dataset {i} is empty but has sampling ratio {ratios[i]}.")
             if bs % world_size != 0 or bs <= 0:
                 raise ValueError(
                     f"Batch size {bs} of dataset {i} must be a positive multiple of the "
                     f"number of ranks ({world_size})."
                 )
+        self.dataset_names = names
         self.dataset_sizes = [int(s) for s in dataset_sizes]
         self.ratios = (ratios / ratios.sum()).tolist()
         self.batch_sizes = [int(b) for b in batch_sizes]
@@ -147,7 +155,7 @@ class MultiDatasetSchedule:
         return self.dataset_at(iteration), self.batch_indices(iteration, rank)
 
     def describe(self, names: Optional[Sequence[str]] = None) -> str:
-        names = names or [str(i) for i in range(self.num_datasets)]
+        names = names or self.dataset_names
         rows = [f"{n}: p={p:.3f} size={s} batch={b}" for n, p, s, b in
                 zip(names, self.ratios, self.dataset_sizes, self.batch_sizes)]
         return "; ".join(rows)
