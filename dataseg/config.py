@@ -59,9 +59,10 @@ def add_dataseg_config(cfg):
     D.PIXEL_DECODER.DIM_FEEDFORWARD = 1024
     D.PIXEL_DECODER.DROPOUT = 0.0
     D.PIXEL_DECODER.COMMON_STRIDE = 4  # stride of the per-pixel mask features F
-    # Deformable-attention implementation: "auto" picks by tensor device; "pytorch" forces
-    # the pure-PyTorch path (runs everywhere). Both mean the fast embedding-bag path today;
-    # "grid_sample" selects the slower per-level F.grid_sample reference.
+    # Deformable-attention implementation (all pure PyTorch): "auto" picks by tensor device,
+    # the fast embedding-bag path on CPU and the per-level F.grid_sample reference on every
+    # other device (the fast path is only verified on CPU); "embedding_bag" (alias
+    # "pytorch") or "grid_sample" forces that path on every device.
     D.PIXEL_DECODER.MSDA_IMPL = "auto"
     # Recompute each encoder layer's FFN in backward instead of keeping its hidden activation
     # (1024 x tokens: 44 MB per layer at batch 2, 512x512): R50 training peak 4.11 instead of
@@ -173,7 +174,11 @@ def add_dataseg_config(cfg):
     # Panoptic inference judges the overlap of each stuff CLASS segment (the union of its
     # queries, as the training MERGE sees it) instead of each query (MaskFormer).
     D.TEST.PANOPTIC_MERGE_STUFF = True
-    D.TEST.INSTANCES_PER_IMAGE = 100
+    # Instance inference keeps detectron2's TEST.DETECTIONS_PER_IMAGE top-scoring masks.
+    # Dataset whose vocabulary (classes, task, outputs) inference uses for inputs without a
+    # "dataset_name" (detectron2's DefaultPredictor sends none); "" = DATASETS.TEST[0], and
+    # no default when DATASETS.TEST is empty too (such inputs then fail with a message).
+    D.TEST.DEFAULT_VOCABULARY = ""
 
     # Prediction drawings written after training for this many images of every test dataset
     # (OUTPUT_DIR/visualizations/<dataset>/); 0 = none.

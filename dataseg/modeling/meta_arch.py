@@ -59,6 +59,8 @@ class DaTaSeg(nn.Module):
         instances_per_image: top-k of instance inference.
         cpu_pointwise_gemm: run the 1x1 convolutions as matrix products on CPU
             (``convert_pointwise_convs``; same outputs and state dict).
+        default_vocabulary: dataset whose vocabulary inference uses for inputs without a
+            ``dataset_name`` (detectron2's ``DefaultPredictor`` sends none); "" = none.
     """
 
     @configurable
@@ -78,6 +80,7 @@ class DaTaSeg(nn.Module):
         panoptic_merge_stuff: bool = True,
         instances_per_image: int = 100,
         cpu_pointwise_gemm: bool = False,
+        default_vocabulary: str = "",
     ):
         super().__init__()
         self.backbone = backbone
@@ -95,6 +98,7 @@ class DaTaSeg(nn.Module):
         self.overlap_threshold = overlap_threshold
         self.panoptic_merge_stuff = panoptic_merge_stuff
         self.instances_per_image = instances_per_image
+        self.default_vocabulary = default_vocabulary
         # Vocabularies set through set_vocabulary(): name -> {classes, task, isthing, outputs}.
         self._custom_vocabularies: Dict[str, dict] = {}
 
@@ -118,8 +122,10 @@ class DaTaSeg(nn.Module):
             "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
             "panoptic_merge_stuff": d.TEST.PANOPTIC_MERGE_STUFF,
-            "instances_per_image": d.TEST.INSTANCES_PER_IMAGE,
+            "instances_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "cpu_pointwise_gemm": d.CPU_POINTWISE_GEMM,
+            "default_vocabulary": d.TEST.DEFAULT_VOCABULARY or (
+                cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else ""),
         }
 
     @property
@@ -209,15 +215,20 @@ class DaTaSeg(nn.Module):
             self.classifier.set_vocabulary(name, classes)
 
     @staticmethod
-    def batch_dataset_name(batched_inputs: List[dict]) -> str:
-        """The one dataset of a batch; raises ValueError for mixed or unnamed batches."""
-        names = [x.get("dataset_name") for x in batched_inputs]
+    def batch_dataset_name(batched_inputs: List[dict], default: Optional[str] = None) -> str:
+        """The one dataset of a batch; raises ValueError for mixed or unnamed batches.
+
+        Inputs without ``dataset_name`` take ``default`` when given (inference with the
+        config's default vocabulary, e.g. through detectron2's ``DefaultPredictor``)."""
+        names = [x.get("dataset_name") or default for x in batched_inputs]
         if any(n is None for n in names):
             raise ValueError(
                 "Every input dict must carry 'dataset_name' (DaTaSeg picks the vocabulary, task "
                 "and outputs from it); the DaTaSeg mappers add it. For ad-hoc inference set "
                 "inputs[i]['dataset_name'] to a registered dataset or to a name given to "
-                "model.set_vocabulary().")
+                "model.set_vocabulary(), name a default vocabulary in the config "
+                "(MODEL.DATASEG.TEST.DEFAULT_VOCABULARY or DATASETS.TEST), or use "
+                "dataseg.engine.DaTaSegPredictor(cfg, classes=[...]).")
         unique = sorted(set(names))
         if len(unique) > 1:
             raise ValueError(
@@ -235,7 +246,9 @@ class DaTaSeg(nn.Module):
             training: dict of weighted losses. Inference: one dict per input with the
             outputs listed in the dataset's ``dataseg_test_outputs``.
         """
-        name = self.batch_dataset_name(batched_inputs)
+        # Training inputs always come from a mapper: a missing name there is a bug, not a default.
+        default = None if self.training else (self.default_vocabulary or None)
+        name = self.batch_dataset_name(batched_inputs, default)
         info = self.dataset_info(name)
         self._ensure_vocabulary(name, info["classes"])
         images = self.preprocess_image(batched_inputs)

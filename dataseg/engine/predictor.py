@@ -1,0 +1,207 @@
+"""One-image inference with any vocabulary, on detectron2's ``DefaultPredictor`` conventions.
+
+The call follows ``detectron2.engine.DefaultPredictor`` (BGR ``np.ndarray`` in, the model's
+output dict for that image out); what differs is DaTaSeg's: the vocabulary the classes are
+scored against, the per-dataset test resize and the project's checkpointer.
+"""
+
+import logging
+import os
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+
+from ..data.mappers.base import test_image_size
+from ..tasks import TASKS, get_task
+from ..text.vocabulary import normalize_class_name
+from ..utils.visualizer import visualization_metadata
+from .checkpoint import DaTaSegCheckpointer
+
+__all__ = ["DaTaSegPredictor", "default_vocabulary_name", "task_outputs"]
+
+logger = logging.getLogger(__name__)
+
+# Name under which the predictor's vocabulary is given to the model (inputs carry it as
+# "dataset_name"); not a registered dataset, so the model takes task and flags from us.
+PREDICTOR_VOCABULARY = "dataseg_predictor"
+
+
+def task_outputs(tasks: Sequence[str]) -> tuple:
+    """The model outputs the tasks need, in order, without repeats ("box" -> instances)."""
+    outputs = []
+    for task in tasks:
+        for output in get_task(task).default_test_outputs:
+            if output not in outputs:
+                outputs.append(output)
+    return tuple(outputs)
+
+
+def default_vocabulary_name(cfg) -> str:
+    """``MODEL.DATASEG.TEST.DEFAULT_VOCABULARY``, else ``DATASETS.TEST[0]``, else ""."""
+    return cfg.MODEL.DATASEG.TEST.DEFAULT_VOCABULARY or (
+        cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "")
+
+
+def _registered(name: str):
+    if name in MetadataCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if meta.get("dataseg_classes", None) is not None:
+            return meta
+    registered = sorted(n for n in MetadataCatalog.list()
+                        if MetadataCatalog.get(n).get("dataseg_classes", None) is not None)
+    raise ValueError(
+        f"Vocabulary {name!r} is not a dataset registered with DaTaSeg metadata "
+        f"(dataseg_classes); registered: {registered}. Give class names with classes=[...] "
+        "instead.")
+
+
+class DaTaSegPredictor(DefaultPredictor):
+    """``DefaultPredictor`` for DaTaSeg: one BGR image in, the model's outputs for it out.
+
+    Compared with detectron2's ``DefaultPredictor`` it
+
+    1. loads ``cfg.MODEL.WEIGHTS`` with :class:`DaTaSegCheckpointer` (a checkpoint trained
+       against text embeddings of another width fails instead of running with a random
+       classifier; a missing file fails with its path);
+    2. scores classes against a vocabulary: a registered dataset's (``vocabulary=``), any
+       class names (``classes=``), or both (the dataset's classes, then the extra names);
+       with neither, the config's default vocabulary
+       (``MODEL.DATASEG.TEST.DEFAULT_VOCABULARY``, else ``DATASETS.TEST[0]``);
+    3. resizes as that dataset is evaluated (``dataseg.data.mappers.test_image_size``:
+       ``INPUT.DATASEG.MIN/MAX_SIZES_TEST``, the dataset's standard size, else
+       ``INPUT.MIN/MAX_SIZE_TEST``; custom class names use the latter);
+    4. produces the outputs of ``task`` (one task or several: "panoptic" -> ``panoptic_seg``,
+       "semantic" -> ``sem_seg``, "instance"/"box" -> ``instances``), all from one forward
+       pass; without ``task``, those the registered dataset is evaluated with.
+
+    :meth:`set_vocabulary` switches the classes without rebuilding or reloading the model.
+
+    Args:
+        cfg: DaTaSeg config (``dataseg.engine.get_dataseg_cfg``).
+        vocabulary: name of a dataset registered with DaTaSeg metadata.
+        classes: class names (one entry may hold comma-separated synonyms).
+        task: task name or list of task names (``dataseg.tasks``).
+        isthing: thing flag per class of the resulting vocabulary (panoptic needs them; a
+            registered dataset gives its own; extra classes default to things).
+
+    Attributes:
+        metadata: drawing metadata of the current vocabulary (class names and the dataset's
+            palette), as ``DefaultPredictor.metadata``.
+        class_names, isthing, outputs: the current vocabulary, its thing flags, and the
+            output keys each call returns.
+
+    Example::
+
+        predictor = DaTaSegPredictor(cfg, classes=["person", "dog", "grass"],
+                                     task="panoptic", isthing=[True, True, False])
+        outputs = predictor(cv2.imread("input.jpg"))   # {"panoptic_seg": (ids, segments)}
+        predictor.set_vocabulary(vocabulary="ade20k_sem_seg_val", task="semantic")
+    """
+
+    # DefaultPredictor.__init__ is replaced, not extended: it would load the weights with
+    # DetectionCheckpointer and fix the resize to INPUT.MIN/MAX_SIZE_TEST.
+    def __init__(self, cfg, vocabulary: Optional[str] = None,
+                 classes: Optional[Sequence[str]] = None,
+                 task: Union[str, Sequence[str], None] = None,
+                 isthing: Optional[Sequence[bool]] = None):
+        self.cfg = cfg.clone()  # the model may modify its config
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(
+                f"DaTaSegPredictor takes BGR images and converts them to INPUT.FORMAT; it "
+                f"supports RGB and BGR, not {self.input_format!r}.")
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        weights = cfg.MODEL.WEIGHTS
+        if not weights:
+            logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised "
+                           "model.")
+        else:
+            if "://" not in weights and not os.path.isfile(weights):
+                raise FileNotFoundError(f"MODEL.WEIGHTS file {weights!r} does not exist.")
+            DaTaSegCheckpointer(
+                self.model, min_backbone_fraction=cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
+            ).load(weights)
+        self.set_vocabulary(vocabulary=vocabulary, classes=classes, task=task, isthing=isthing)
+
+    def set_vocabulary(self, vocabulary: Optional[str] = None,
+                       classes: Optional[Sequence[str]] = None,
+                       task: Union[str, Sequence[str], None] = None,
+                       isthing: Optional[Sequence[bool]] = None) -> None:
+        """Score against another vocabulary from the next call on (same model and weights).
+
+        Arguments as the constructor's. Raises ValueError for an unknown vocabulary or task,
+        ``isthing`` of the wrong length, or a panoptic task without thing/stuff flags.
+        """
+        tasks = [task] if isinstance(task, str) else list(task or [])
+        for t in tasks:
+            if t not in TASKS:
+                raise ValueError(f"Unknown task {t!r}; DaTaSeg's tasks are {list(TASKS)}.")
+        extra = [str(c).strip() for c in (classes or []) if str(c).strip()]
+        if vocabulary is None and not extra:
+            vocabulary = default_vocabulary_name(self.cfg)
+            if not vocabulary:
+                raise ValueError(
+                    "No vocabulary: pass vocabulary=<registered dataset> or classes=[...], or "
+                    "name a default in the config (MODEL.DATASEG.TEST.DEFAULT_VOCABULARY or "
+                    "DATASETS.TEST).")
+        meta = _registered(vocabulary) if vocabulary else None
+        names: List[str] = list(meta.dataseg_classes) if meta is not None else []
+        flags: List[bool] = list(meta.dataseg_isthing) if meta is not None else []
+        known = {normalize_class_name(n) for n in names}
+        # Extra names already in the dataset's vocabulary would split its score in two.
+        extra = [c for c in extra if normalize_class_name(c) not in known]
+        names += extra
+        flags += [True] * len(extra)
+        if isthing is not None:
+            flags = [bool(t) for t in isthing]
+            if len(flags) != len(names):
+                raise ValueError(f"isthing has {len(flags)} flags for {len(names)} classes "
+                                 f"({names}).")
+        if not tasks:
+            tasks = [meta.dataseg_task] if meta is not None else ["semantic"]
+            outputs = tuple(meta.get("dataseg_test_outputs", None) or ()) if meta is not None \
+                else ()
+            outputs = outputs or task_outputs(tasks)
+        else:
+            outputs = task_outputs(tasks)
+        # Panoptic inference is the one that needs the thing/stuff split; the model checks it.
+        vocab_task = "panoptic" if "panoptic" in tasks else tasks[0]
+        self.model.set_vocabulary(PREDICTOR_VOCABULARY, names, task=vocab_task, isthing=flags,
+                                  test_outputs=outputs)
+        self.vocabulary = vocabulary
+        self.class_names = names
+        self.isthing = self.model.dataset_info(PREDICTOR_VOCABULARY)["isthing"]
+        self.tasks = tasks
+        self.outputs = outputs
+        self.metadata = visualization_metadata(names, meta)
+        min_size, max_size = test_image_size(self.cfg, vocabulary)
+        self.aug = T.ResizeShortestEdge([min_size, min_size], max_size)
+
+    def __call__(self, original_image: np.ndarray) -> dict:
+        """
+        Args:
+            original_image: (H, W, 3) uint8 image in BGR order (``cv2.imread``).
+
+        Returns:
+            the model's output dict for the image (keys :attr:`outputs`), at its resolution.
+        """
+        if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 \
+                or original_image.shape[2] != 3:
+            raise ValueError(
+                "DaTaSegPredictor takes one (H, W, 3) BGR numpy image (cv2.imread), got "
+                f"{type(original_image).__name__} of shape {getattr(original_image, 'shape', '?')}.")
+        with torch.no_grad():
+            if self.input_format == "RGB":
+                original_image = original_image[:, :, ::-1]
+            height, width = original_image.shape[:2]
+            image = self.aug.get_transform(original_image).apply_image(original_image)
+            image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            inputs = {"image": image, "height": height, "width": width,
+                      "dataset_name": PREDICTOR_VOCABULARY}
+            return self.model([inputs])[0]
