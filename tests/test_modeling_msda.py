@@ -118,3 +118,40 @@ def test_module_implementations_agree_and_selection_is_explicit():
     assert resolve_msda_impl("pytorch") == "embedding_bag"
     with pytest.raises(ValueError, match="MSDA_IMPL"):
         MSDeformAttn(16, 2, 2, 2, impl="cuda_kernel_that_does_not_exist")
+
+
+def test_auto_picks_the_fast_path_on_cpu_only():
+    # The embedding-bag path is verified on CPU only; every other device gets the reference
+    # until a run there has checked it (tests/test_gpu_paths.py on CUDA).
+    assert resolve_msda_impl("auto", torch.device("cpu")) == "embedding_bag"
+    assert resolve_msda_impl("auto", "cpu") == "embedding_bag"
+    assert resolve_msda_impl("auto") == "embedding_bag"
+    for device in ("cuda", "cuda:1", "mps", "xpu", "meta"):
+        assert resolve_msda_impl("auto", torch.device(device)) == "grid_sample", device
+    # Named paths stay selectable on every device.
+    for name in ("embedding_bag", "pytorch"):
+        assert resolve_msda_impl(name, torch.device("cuda")) == "embedding_bag"
+    assert resolve_msda_impl("grid_sample", torch.device("cpu")) == "grid_sample"
+
+
+@pytest.mark.parametrize("device,impl,expected", [
+    ("cpu", "auto", "embedding_bag"),
+    ("meta", "auto", "grid_sample"),  # a non-CPU device, available without an accelerator
+    ("meta", "embedding_bag", "embedding_bag"),
+])
+def test_module_dispatches_by_the_tensors_device(monkeypatch, device, impl, expected):
+    from dataseg.modeling.ops import ms_deform_attn_func
+
+    called = []
+    for name in ("embedding_bag", "grid_sample"):
+        def spy(value, shapes, loc, attn, name=name):
+            called.append((name, value.device.type))
+            B, Q = loc.shape[:2]
+            return value.new_zeros(B, Q, value.shape[2] * value.shape[3])
+        monkeypatch.setitem(ms_deform_attn_func.MSDA_IMPLEMENTATIONS, name, spy)
+    module = MSDeformAttn(16, n_levels=2, n_heads=2, n_points=2, impl=impl).to(device)
+    shapes = [(4, 4), (2, 2)]
+    query = torch.randn(2, 20, 16, device=device)
+    out = module(query, torch.rand(2, 20, 2, 2, device=device), query, shapes)
+    assert out.shape == (2, 20, 16)
+    assert called == [(expected, device)]

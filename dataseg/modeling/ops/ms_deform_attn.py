@@ -1,4 +1,12 @@
-"""Multi-scale deformable attention module (Deformable DETR) on the pure-PyTorch op."""
+"""Multi-scale deformable attention module (Deformable DETR) on the pure-PyTorch op.
+
+``MSDeformAttn`` follows Deformable DETR's module of the same name
+(https://github.com/fundamentalvision/Deformable-DETR, ``models/ops/modules/ms_deform_attn.py``,
+Apache License 2.0): the same four projections, the parameter initialisation of
+``reset_parameters`` (zero offset weights, a bias putting head ``m``'s points on rings in
+direction ``2 pi m / M``, uniform attention at init, Xavier value / output projections) and
+the offsets normalised by each level's (W, H).
+"""
 
 import math
 
@@ -13,17 +21,26 @@ __all__ = ["MSDeformAttn", "resolve_msda_impl"]
 # Names accepted in MODEL.DATASEG.PIXEL_DECODER.MSDA_IMPL besides the implementation names.
 _ALIASES = {"pytorch": "embedding_bag"}
 
+# What "auto" selects per device type. The embedding-bag path (int32 CSR sampled_addmm in
+# backward, float64 index arithmetic) is only verified on CPU; every other device gets the
+# grid_sample reference, which works wherever F.grid_sample does, until a run on that
+# device has checked the fast path (tests/test_gpu_paths.py does on CUDA).
+_AUTO_BY_DEVICE_TYPE = {"cpu": "embedding_bag"}
+_AUTO_DEFAULT = "grid_sample"
 
-def resolve_msda_impl(name: str, device: torch.device = None) -> str:
+
+def resolve_msda_impl(name: str, device=None) -> str:
     """Map a configured implementation name to one of ``MSDA_IMPLEMENTATIONS``.
 
-    ``"auto"`` chooses by device. Only pure-PyTorch paths exist today, and the
-    embedding-bag path is the fastest one measured on CPU and runs on GPU too, so every
-    device maps to it; a compiled kernel would be selected here by ``device.type``.
+    ``"auto"`` chooses by ``device`` (a ``torch.device`` or its name): the embedding-bag
+    path on CPU, the grid_sample reference on any other device; without a device it names
+    the CPU choice (construction-time validation). ``"pytorch"`` and the implementation
+    names select that path on every device.
     """
     name = _ALIASES.get(name, name)
     if name == "auto":
-        return "embedding_bag"
+        device_type = "cpu" if device is None else torch.device(device).type
+        return _AUTO_BY_DEVICE_TYPE.get(device_type, _AUTO_DEFAULT)
     if name not in MSDA_IMPLEMENTATIONS:
         raise ValueError(
             f"MSDA_IMPL {name!r} is unknown; use 'auto', 'pytorch' or one of "

@@ -1,5 +1,10 @@
 """Multi-scale deformable attention sampling (Deformable DETR), pure PyTorch.
 
+``ms_deform_attn_grid_sample`` follows the pure-PyTorch reference of Deformable DETR
+(``ms_deform_attn_core_pytorch``, https://github.com/fundamentalvision/Deformable-DETR,
+Apache License 2.0): one bilinear ``F.grid_sample`` per level, then the attention-weighted
+sum. The embedding-bag path and its backward are this project's own.
+
 Shapes follow Deformable DETR's convention:
 
 - ``value``: (B, S, M, Dh) with S = sum_l H_l * W_l (levels flattened and concatenated),
@@ -14,15 +19,21 @@ Two implementations with identical semantics:
 ``ms_deform_attn_grid_sample``
     One ``F.grid_sample`` per level; the readable reference.
 ``ms_deform_attn_embedding_bag``
-    The fast CPU path (DESIGN.md section 4): every level is padded with a zero border so
-    out-of-range corners land on zeros (no validity masks), bilinear corner indices and
-    weights are computed on contiguous planar tensors, and the gather + weighted sum over
-    all levels, points and corners is ONE ``F.embedding_bag(mode="sum")``. Backward is a
-    custom ``autograd.Function`` that keeps only each sample's base corner row (the other
-    three are per-level constant offsets from it): the sampling-weight gradient is one
-    batched dot product per (sample, corner), the value gradient is the transposed
-    embedding bag (samples grouped by base row, one bag per corner offset), and the
-    location / attention gradients follow from the bilinear chain rule in closed form.
+    The fast CPU path (its measurements: docs/benchmarks.md). Every level is padded with a
+    zero border so out-of-range corners land on zeros (no validity masks), bilinear corner
+    indices and weights are computed on contiguous planar tensors, and the gather + weighted
+    sum over all levels, points and corners is ONE ``F.embedding_bag(mode="sum")``. Backward
+    is a custom ``autograd.Function`` that keeps only each sample's base corner row (the
+    other three are per-level constant offsets from it): the sampling-weight gradient is one
+    batched dot product per (sample, corner) (an int32 CSR ``torch.sparse.sampled_addmm``),
+    the value gradient is the transposed embedding bag (samples grouped by base row, one bag
+    per corner offset), and the location / attention gradients follow from the bilinear
+    chain rule in closed form.
+
+    Only its CPU behaviour is verified by the CPU test suite; it also uses float64 index
+    arithmetic, which some accelerators (MPS) lack. ``resolve_msda_impl("auto", device)``
+    therefore selects it on CPU only; elsewhere it runs when named explicitly, and
+    tests/test_gpu_paths.py checks it against the reference where CUDA exists.
 """
 
 import warnings

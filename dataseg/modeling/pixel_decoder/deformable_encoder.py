@@ -1,4 +1,10 @@
-"""Deformable-attention transformer encoder over multi-scale feature maps."""
+"""Deformable-attention transformer encoder over multi-scale feature maps.
+
+The post-norm layer (deformable self-attention, then a ReLU FFN) and the per-level
+pixel-centre reference points follow Deformable DETR's encoder
+(https://github.com/fundamentalvision/Deformable-DETR, ``models/deformable_transformer.py``,
+Apache License 2.0) as Mask2Former uses it (no padding masks: padded images).
+"""
 
 import copy
 from typing import List, Tuple

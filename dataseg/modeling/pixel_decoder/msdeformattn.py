@@ -1,4 +1,13 @@
-"""MSDeformAttn pixel decoder: deformable encoder on coarse levels + FPN to stride 4."""
+"""MSDeformAttn pixel decoder: deformable encoder on coarse levels + FPN to stride 4.
+
+The structure follows Mask2Former's ``MSDeformAttnPixelDecoder``
+(https://github.com/facebookresearch/Mask2Former,
+``mask2former/modeling/pixel_decoder/msdeformattn.py``, MIT License): 1x1 conv + GroupNorm
+input projections of the coarse levels, sine position plus learnable level embeddings, a
+deformable-attention encoder over the flattened levels, FPN lateral / output convs down to
+the common stride, a 1x1 conv to the mask features, and the first three encoder maps as the
+multi-scale features of the query decoder, with the same initialisations.
+"""
 
 from typing import Dict, List
 
