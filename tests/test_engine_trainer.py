@@ -19,8 +19,13 @@ def test_cotrain_evaluate_and_visualize(tmp_path, synthetic_datasets, caplog):
     cfg = trainer_cfg(out, train, test, **{"SOLVER.MAX_ITER": 3,
                                         "TEST.DATASEG.NUM_VISUALIZATIONS": 1})
     trainer = DaTaSegTrainer(cfg)
+    # Every vocabulary is embedded up front and the text model is released before step 1.
+    classifier = trainer.model.classifier
+    assert all(classifier.has_vocabulary(name) for name in train + test)
+    assert not classifier.embedding_provider.encoder_loaded
     trainer.resume_or_load(resume=False)
     results = trainer.train()
+    assert not classifier.embedding_provider.encoder_loaded  # evaluation did not reload it
 
     assert list(results) == test  # one entry per test dataset, each with its own metrics
     assert "PQ" in results[d["panoptic_val"]]["panoptic_seg"]

@@ -88,7 +88,9 @@ def prepare_train_vocabularies(model, dataset_names: Sequence[str],
     The model would embed each vocabulary lazily at the first batch of its dataset, possibly
     hours into training; doing it up front surfaces an unknown task, an empty vocabulary,
     duplicate class names and absent text-encoder weights before the first step. Test
-    vocabularies known from metadata are validated (not embedded: that happens at evaluation).
+    vocabularies known from metadata are embedded too, so that evaluation needs no text model,
+    and the text model is then released: CLIP ViT-L/14's text tower would otherwise stay in
+    memory for the whole run (a vocabulary seen later loads it again on demand).
     """
     if not hasattr(model, "dataset_info") or not hasattr(model, "classifier"):
         return  # not a DaTaSeg model (custom meta-architecture)
@@ -107,4 +109,12 @@ def prepare_train_vocabularies(model, dataset_names: Sequence[str],
             raise ValueError(f"Training dataset {name!r}: {e}") from e
         if not model.classifier.has_vocabulary(name):
             model.classifier.set_vocabulary(name, classes)
-    logger.info(f"Embedded the vocabularies of {list(dataset_names)}.")
+    test_names = [n for n in test_dataset_names if n not in dataset_names
+                  and MetadataCatalog.get(n).get("dataseg_classes", None) is not None]
+    for name in test_names:
+        if not model.classifier.has_vocabulary(name):
+            model.classifier.set_vocabulary(name, model.dataset_info(name)["classes"])
+    logger.info(f"Embedded the vocabularies of {list(dataset_names) + test_names}.")
+    provider = getattr(model.classifier, "embedding_provider", None)
+    if provider is not None and hasattr(provider, "release_encoder"):
+        provider.release_encoder()
