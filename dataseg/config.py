@@ -1,8 +1,9 @@
 """Every DaTaSeg config key, documented in one place.
 
 ``add_dataseg_config(cfg)`` extends a detectron2 ``CfgNode`` with the keys below. Values the
-paper does not publish are OUR defaults (Mask2Former-like, see DESIGN.md section 2); they are
-marked "not in the paper" so ablations know what is a choice and what is a fact.
+paper does not publish are OUR defaults (mostly Mask2Former's, where the architecture is the
+same); they are marked "not in the paper" so ablations know what is a choice and what is a
+fact. docs/configs.md lists the published values next to ours.
 
 Per-dataset lists (``DATALOADER.DATASEG.SAMPLING_RATIOS``, ``...BATCH_SIZES``,
 ``INPUT.DATASEG.*`` and ``MODEL.DATASEG.CRITERION.DATASET_LOSS_WEIGHTS``) are aligned with

@@ -1,4 +1,4 @@
-"""Allocator tuning for CPU runs (DESIGN.md section 4).
+"""Allocator tuning for CPU runs (one of the CPU fast paths of docs/benchmarks.md).
 
 glibc serves allocations above ``M_MMAP_THRESHOLD`` (dynamic, at most 32 MB by default) with
 fresh ``mmap`` pages and returns freed heap tops to the OS above ``M_TRIM_THRESHOLD``. The
