@@ -20,6 +20,7 @@ from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 
 from .catalog import DatasetValidationError
+from .columnar import is_columnar
 from .mappers import build_dataseg_mapper, get_mapper_class
 from .sampler import MultiDatasetSchedule, sampling_ratios_from_sizes
 
@@ -68,10 +69,17 @@ def resolve_batch_sizes(cfg, num_datasets: int) -> List[int]:
 def _load_train_dicts(cfg, name: str):
     dicts = DatasetCatalog.get(name)
     if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS and get_mapper_class(name).filter_empty_annotations:
-        dicts = filter_images_with_only_crowd_annotations(dicts)
+        dicts = (dicts.without_crowd_only_images() if is_columnar(dicts)
+                 else filter_images_with_only_crowd_annotations(dicts))
     if not dicts:
         raise ValueError(f"Training dataset {name!r} has no usable images.")
     return dicts
+
+
+def _as_dataset(dicts):
+    # DatasetFromList pickles every dict into one buffer (no copy-on-read in workers); a
+    # columnar cache is already memory-mapped and would only be materialised by it.
+    return dicts if is_columnar(dicts) else DatasetFromList(dicts, copy=False)
 
 
 def build_train_schedule(cfg, sizes: Sequence[int], world_size: Optional[int] = None,
@@ -187,7 +195,7 @@ def build_dataseg_train_loader(cfg, start_iter: int = 0, mappers: Optional[Seque
     names = list(cfg.DATASETS.TRAIN)
     if not names:
         raise ValueError("DATASETS.TRAIN is empty.")
-    datasets = [DatasetFromList(_load_train_dicts(cfg, n), copy=False) for n in names]
+    datasets = [_as_dataset(_load_train_dicts(cfg, n)) for n in names]
     if mappers is None:
         mappers = [build_dataseg_mapper(cfg, n, is_train=True) for n in names]
     schedule = build_train_schedule(cfg, [len(d) for d in datasets])

@@ -473,6 +473,14 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
     hint = _hint(meta.as_dict())
     _require_path(json_file, "COCO json", name, hint, is_dir=False)
     _require_path(image_root, "image", name, hint)
+    if task == "box" and not keep_masks:
+        # Large box jsons: a memory-mapped columnar cache instead of one dict per box in every
+        # process (dataseg/data/columnar.py); None when the json path is used.
+        from .columnar import load_columnar_box_dicts
+
+        columnar = load_columnar_box_dicts(name, json_file, image_root)
+        if columnar is not None:
+            return columnar
     # load_coco_json reports the json's own categories through the metadata of the name it is
     # given (and maps annotations to their contiguous order): a private name, so the
     # registered metadata is compared with the json instead of being overwritten by it.
@@ -588,6 +596,8 @@ def register_box_dataset(
     category_ids: Optional[Sequence[int]] = None,
     has_masks: bool = False,
     test_outputs: Optional[Sequence[str]] = None,
+    columnar_cache: Optional[bool] = None,
+    columnar_cache_dir: str = "",
     replace: bool = False,
     **extra_metadata,
 ):
@@ -597,8 +607,18 @@ def register_box_dataset(
     held-out set whose masks ARE evaluated (weak-supervision transfer: DaTaSeg's Objects365
     mask val): its evaluator computes ``bbox`` and ``segm`` AP from the json.
 
-    Args: as :func:`register_instance_dataset`, plus ``has_masks``.
+    Args: as :func:`register_instance_dataset`, plus ``has_masks`` and
+        columnar_cache: load through the memory-mapped columnar cache (docs/scale.md):
+            ``None`` (default) for jsons of at least
+            ``dataseg.data.columnar.COLUMNAR_MIN_JSON_BYTES`` (128 MiB); never with
+            ``has_masks``. Metadata ``dataseg_columnar_cache``.
+        columnar_cache_dir: where the cache is built (default ``$DATASEG_CACHE/columnar`` or
+            ``~/.cache/dataseg/columnar``). Metadata ``dataseg_columnar_cache_dir``.
     """
+    if columnar_cache is not None:
+        extra_metadata["dataseg_columnar_cache"] = bool(columnar_cache)
+    if columnar_cache_dir:
+        extra_metadata["dataseg_columnar_cache_dir"] = columnar_cache_dir
     eval_tasks = ("bbox", "segm") if has_masks else ("bbox",)
     _register_coco(name, json_file, image_root, "box", class_names, test_outputs, eval_tasks,
                    has_masks, replace, dict(extra_metadata, category_ids=category_ids))
