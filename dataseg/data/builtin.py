@@ -8,9 +8,11 @@ name                                        files (relative to $DETECTRON2_DATAS
 ==========================================  ============================================
 dataseg_coco_2017_{train,val}_panoptic      coco/{train,val}2017, coco/panoptic_{split}2017,
                                             coco/annotations/panoptic_{split}2017.json
+dataseg_coco_2017_{train,val}_sem_seg       coco/{train,val}2017, coco/panoptic_semseg_{split}2017
 dataseg_ade20k_sem_seg_{train,val}          ADEChallengeData2016/images/{training,validation},
                                             .../annotations_detectron2/{training,validation}
 dataseg_ade20k_panoptic_val                 ADEChallengeData2016/ade20k_panoptic_val(.json)
+dataseg_ade20k_instance_val                 ADEChallengeData2016/ade20k_instance_val.json
 dataseg_objects365_v2_{train,val}           objects365/{train,val},
                                             objects365/annotations/zhiyuan_objv2_{split}.json
 dataseg_objects365_instance_seg_val         objects365/val,
@@ -21,8 +23,10 @@ dataseg_pascal_context_{59,459}_val         pascal_ctx_d2/images/validation,
                                             pascal_ctx_d2/annotations_ctx{59,459}/validation
 ==========================================  ============================================
 
-Registration never reads these files (ADE panoptic's category list is read when present);
-loading a missing dataset fails naming the expected path and ``DETECTRON2_DATASETS``.
+The scripts in the repository's ``datasets/`` folder write these layouts from the original
+downloads (``datasets/README.md``). Registration never reads these files (the category lists
+of ADE's panoptic and instance jsons are read when present); loading a missing dataset fails
+naming the expected path and ``DETECTRON2_DATASETS``.
 """
 
 import os
@@ -40,6 +44,7 @@ from ..text.vocabulary import clean_class_name
 from .catalog import (
     dataseg_metadata,
     register_box_dataset,
+    register_instance_dataset,
     register_panoptic_dataset,
     register_semantic_dataset,
     require_path,
@@ -97,10 +102,11 @@ def adopt_detectron2_registration(name: str) -> bool:
     return True
 
 
-def _if_new(register, name, *args, **kwargs):
-    # A user may have registered their own copy under the same name first: keep theirs.
-    if name not in DatasetCatalog.list():
-        register(name, *args, **kwargs)
+def _if_new(replace, register, name, *args, **kwargs):
+    # A user may have registered their own copy under the same name first: keep theirs
+    # (unless asked to replace the builtin registrations).
+    if replace or name not in DatasetCatalog.list():
+        register(name, *args, replace=True, **kwargs)
 
 
 def _hint(root: str) -> dict:
@@ -110,9 +116,9 @@ def _hint(root: str) -> dict:
     ))
 
 
-def _register_coco_panoptic(root: str):
+def _register_coco_panoptic(root: str, replace: bool):
     for split in ("train", "val"):
-        _if_new(register_panoptic_dataset,
+        _if_new(replace, register_panoptic_dataset,
             f"dataseg_coco_2017_{split}_panoptic",
             os.path.join(root, "coco", f"{split}2017"),
             os.path.join(root, "coco", f"panoptic_{split}2017"),
@@ -121,12 +127,22 @@ def _register_coco_panoptic(root: str):
             text_names=[clean_class_name(c["name"]) for c in COCO_CATEGORIES], **_COCO_SIZE,
             **_hint(root),
         )
+        # The same 133 classes as semantic labels (datasets/prepare_coco_sem_seg.py).
+        _if_new(replace, register_semantic_dataset,
+            f"dataseg_coco_2017_{split}_sem_seg",
+            os.path.join(root, "coco", f"{split}2017"),
+            os.path.join(root, "coco", f"panoptic_semseg_{split}2017"),
+            [c["name"] for c in COCO_CATEGORIES],
+            isthing=[bool(c["isthing"]) for c in COCO_CATEGORIES],
+            text_names=[clean_class_name(c["name"]) for c in COCO_CATEGORIES], **_COCO_SIZE,
+            **_hint(root),
+        )
 
 
-def _register_ade20k(root: str):
+def _register_ade20k(root: str, replace: bool):
     ade = os.path.join(root, "ADEChallengeData2016")
     for split, folder in (("train", "training"), ("val", "validation")):
-        _if_new(register_semantic_dataset,
+        _if_new(replace, register_semantic_dataset,
             f"dataseg_ade20k_sem_seg_{split}",
             os.path.join(ade, "images", folder),
             os.path.join(ade, "annotations_detectron2", folder),
@@ -135,29 +151,38 @@ def _register_ade20k(root: str):
             **_hint(root),
         )
     # Weak-transfer evaluation (semantic training -> panoptic PQ). Its thing/stuff split is in
-    # the json written by Mask2Former's prepare_ade20k_pan_seg.py: read it there (now if the
-    # file exists, else when first loaded) rather than keep a second copy.
-    _if_new(register_panoptic_dataset,
+    # the json written by datasets/prepare_ade20k_pan_seg.py (or Mask2Former's script of that
+    # name): read it there (now if the file exists, else when first loaded).
+    _if_new(replace, register_panoptic_dataset,
         "dataseg_ade20k_panoptic_val",
         os.path.join(ade, "images", "validation"),
         os.path.join(ade, "ade20k_panoptic_val"),
         os.path.join(ade, "ade20k_panoptic_val.json"),
         **_ADE_SIZE, **_hint(root),
     )
+    # Instance masks of the 100 thing classes (datasets/prepare_ade20k_ins_seg.py); names and
+    # ids are read from the json.
+    _if_new(replace, register_instance_dataset,
+        "dataseg_ade20k_instance_val",
+        os.path.join(ade, "ade20k_instance_val.json"),
+        os.path.join(ade, "images", "validation"),
+        **_ADE_SIZE, **_hint(root),
+    )
 
 
-def _register_objects365(root: str):
+def _register_objects365(root: str, replace: bool):
     names = load_vocabulary("objects365_v2")
     o365 = os.path.join(root, "objects365")
     for split in ("train", "val"):
-        _if_new(register_box_dataset,
+        _if_new(replace, register_box_dataset,
             f"dataseg_objects365_v2_{split}",
             os.path.join(o365, "annotations", f"zhiyuan_objv2_{split}.json"),
             os.path.join(o365, split),
             class_names=names, **_COCO_SIZE, **_hint(root),
         )
-    # The 1,000-image instance-mask val set released with DaTaSeg (box -> mask transfer AP).
-    _if_new(register_box_dataset,
+    # The 1,000 val images the DaTaSeg authors annotated with masks (box -> mask transfer AP);
+    # the file is not distributed here: datasets/README.md gives its format and a checker.
+    _if_new(replace, register_box_dataset,
         "dataseg_objects365_instance_seg_val",
         os.path.join(o365, "annotations", "o365_instance_seg_val.json"),
         os.path.join(o365, "val"),
@@ -165,7 +190,7 @@ def _register_objects365(root: str):
     )
 
 
-def _register_cityscapes_panoptic(root: str):
+def _register_cityscapes_panoptic(root: str, replace: bool):
     # Cityscapes' nested city folders need detectron2's own loader; the metadata is DaTaSeg's
     # "semantic view" (all 19 train ids in stuff_classes, things mapped into the same space).
     from detectron2.data.datasets.cityscapes_panoptic import load_cityscapes_panoptic
@@ -197,7 +222,10 @@ def _register_cityscapes_panoptic(root: str):
         return load_cityscapes_panoptic(image_dir, gt_dir, gt_json, meta)
 
     if name in DatasetCatalog.list():
-        return
+        if not replace:
+            return
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(
         image_root=image_dir, panoptic_root=gt_dir, panoptic_json=gt_json,
@@ -207,11 +235,11 @@ def _register_cityscapes_panoptic(root: str):
     )
 
 
-def _register_pascal_context(root: str):
+def _register_pascal_context(root: str, replace: bool):
     ctx = os.path.join(root, "pascal_ctx_d2")
     # 459 classes do not fit uint8 label PNGs: ODISE's layout stores them as 16-bit TIFFs.
     for num, ext, ignore in ((59, "png", 255), (459, "tif", 65535)):
-        _if_new(register_semantic_dataset,
+        _if_new(replace, register_semantic_dataset,
             f"dataseg_pascal_context_{num}_val",
             os.path.join(ctx, "images", "validation"),
             os.path.join(ctx, f"annotations_ctx{num}", "validation"),
@@ -226,11 +254,13 @@ _REGISTRARS = (_register_coco_panoptic, _register_ade20k, _register_objects365,
                _register_cityscapes_panoptic, _register_pascal_context)
 
 
-def register_all_builtin(root: str = None):
+def register_all_builtin(root: str = None, replace: bool = False):
     """Register every builtin dataset under ``root`` (default ``$DETECTRON2_DATASETS``).
 
-    Already registered names are kept (importing twice, or a user override, is harmless).
+    Already registered names are kept (importing twice, or a user override, is harmless)
+    unless ``replace``: then every builtin name is registered anew under ``root`` (to point
+    the builtin names at another dataset folder after ``import dataseg.data``).
     """
     root = root or builtin_dataset_root()
     for registrar in _REGISTRARS:
-        registrar(root)
+        registrar(root, replace)
