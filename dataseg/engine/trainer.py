@@ -16,10 +16,11 @@ Reliability policy (what a multi-day job on a shared cluster can count on):
 
 import contextlib
 import logging
+import re
 from collections import OrderedDict
 
 import torch
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 
@@ -33,7 +34,7 @@ from .results_table import format_results_table
 from .training_guards import NonFiniteLossCheck, SkippedImagesMonitor, StepSeeder
 from .visualization_hook import PredictionVisualizationHook
 
-__all__ = ["DaTaSegTrainer", "create_ddp_model"]
+__all__ = ["DaTaSegTrainer", "PerDatasetLosses", "create_ddp_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +78,61 @@ def _unwrap(model):
         else model
 
 
+class PerDatasetLosses(HookBase):
+    """Writes every loss of an iteration a second time under the dataset it was drawn from:
+    ``<dataset>/loss_ce``, ``<dataset>/total_loss``, ... next to detectron2's ``loss_ce``.
+
+    One dataset per iteration makes the mixed curves a blend of tasks (a box-only dataset's
+    classification loss is not a panoptic one's); the per-dataset curves show which dataset
+    diverges. The values are the ones detectron2's trainer wrote for the iteration (averaged
+    over ranks; every rank draws the same dataset), with the same smoothing, so they reach
+    metrics.json and tensorboard through the usual writers. Only the final decoder layer's
+    terms are repeated: the deep-supervision copies (``loss_ce_0``...) would triple the log
+    line. Iterations whose metrics are not written (``gather_metric_period``) are skipped.
+    """
+
+    _AUX_LOSS = re.compile(r"_\d+$")
+
+    def __init__(self):
+        self._batch = None
+        self._handle = None
+
+    def before_train(self):
+        self._handle = _unwrap(self.trainer.model).register_forward_hook(self._record)
+
+    def after_train(self):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _record(self, module, args, output):
+        # The model's forward knows both the batch's dataset and the loss names.
+        if module.training and isinstance(output, dict) and args and args[0]:
+            self._batch = (args[0][0].get("dataset_name"), tuple(output))
+
+    def after_step(self):
+        batch, self._batch = self._batch, None
+        if batch is None or batch[0] is None:
+            return
+        dataset, keys = batch
+        storage, iteration = self.trainer.storage, self.trainer.iter
+        latest = storage.latest()
+        values = {}
+        for key in keys + ("total_loss",):
+            written = latest.get(key)
+            if written is not None and written[1] == iteration and not self._AUX_LOSS.search(key):
+                values[f"{dataset}/{key}"] = written[0]
+        if values:
+            storage.put_scalars(cur_iter=iteration, **values)
+
+
 class DaTaSegTrainer(DefaultTrainer):
     """``DefaultTrainer`` that builds DaTaSeg's multi-dataset loader, evaluators and optimizer.
 
     Everything else (hooks, ETA/JSON/tensorboard writers, evaluation schedule) is
-    detectron2's; checkpoints go through :class:`DaTaSegCheckpointer` (atomic). See the
-    module docstring for the reliability policy.
+    detectron2's; checkpoints go through :class:`DaTaSegCheckpointer` (atomic) and every loss
+    is also logged per dataset (:class:`PerDatasetLosses`). See the module docstring for the
+    reliability policy.
     """
 
     def __init__(self, cfg):
@@ -157,6 +207,8 @@ class DaTaSegTrainer(DefaultTrainer):
             min_backbone_fraction=self.cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
             **self.checkpointer.checkpointables)
         hooks = super().build_hooks()
+        # Before the last hook (the metrics writer): the writer then sees this step's values.
+        hooks.insert(len(hooks) - 1, PerDatasetLosses())
         # Before the last hook (the metrics writer) so its log lines are flushed with the rest.
         hooks.insert(len(hooks) - 1, PredictionVisualizationHook(
             self.cfg, self.build_test_loader, self.cfg.TEST.DATASEG.NUM_VISUALIZATIONS))
