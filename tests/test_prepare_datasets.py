@@ -69,6 +69,13 @@ def read(path):
         return np.asarray(im)
 
 
+def pq_of_ground_truth_against_itself(json_file, png_dir):
+    """panopticapi's PQ with the written annotation as both prediction and ground truth."""
+    from panopticapi.evaluation import pq_compute
+
+    return pq_compute(str(json_file), str(json_file), str(png_dir), str(png_dir))["All"]["pq"]
+
+
 def rgb_ids(path):
     rgb = read(path).astype(np.int64)
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
@@ -154,6 +161,9 @@ def test_ade20k_panoptic_values_and_load(tmp_path, builtin_at):
     ids = rgb_ids(ade / "ade20k_panoptic_val" / "ADE_val_00000001.png")
     assert ids[0].tolist() == [0] * W and ids[5, 7] == 0 and ids[3, 1] == 13003
     assert ids[2, 5] == 8001 and ids[2, 6] == 8002 and ids[4, 0] == 1000
+    # The files are what the panoptic evaluator reads: ground truth fed back scores 100.
+    assert pq_of_ground_truth_against_itself(ade / "ade20k_panoptic_val.json",
+                                             ade / "ade20k_panoptic_val") == pytest.approx(1.0)
 
     builtin_at(tmp_path)
     meta = MetadataCatalog.get("dataseg_ade20k_panoptic_val")
@@ -321,6 +331,9 @@ def test_cityscapes_panoptic_and_load(tmp_path, builtin_at):
     train_ids = np.full((H, W), 255, dtype=np.uint8)
     train_ids[:2], train_ids[2:, :4], train_ids[2:, 4:6] = 0, 13, 11
     np.testing.assert_array_equal(read(gt / f"{base}_gtFine_labelTrainIds.png"), train_ids)
+    assert pq_of_ground_truth_against_itself(
+        cs / "gtFine" / "cityscapes_panoptic_val.json",
+        cs / "gtFine" / "cityscapes_panoptic_val") == pytest.approx(1.0)
 
     builtin_at(tmp_path)
     (record,) = DatasetCatalog.get("dataseg_cityscapes_fine_panoptic_val")
