@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "configs/tiny/DaTaSeg-tiny.yaml"
@@ -66,3 +67,199 @@ def test_pointwise_gemm_flops_equal_convolution_count(bench):
         assert not any("bmm" in op for op in result["unsupported_ops"])
         counts[gemm] = result["gflop"]
     assert counts[True] == pytest.approx(counts[False], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# The reference arm (benchmarks/compare_reference.py, benchmarks/reference_arm.py)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compare():
+    spec = importlib.util.spec_from_file_location(
+        "compare_reference", os.path.join(ROOT, "benchmarks", "compare_reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _result(ref_inf=4.0, ds_inf=1.8, ref_step=17.0, ds_step=10.0):
+    """A compare_reference result with hand-chosen numbers."""
+    return {
+        "size": 512, "train_segments": 10, "criterion_segments": 100,
+        "gflop": 130.0, "matmul_gflops": 200.0,
+        "inference": {"reference": {"s": ref_inf}, "dataseg": {"s": ds_inf}},
+        "train_step": {"reference": {"s": ref_step}, "dataseg": {"s": ds_step}},
+        "criterion_at_100": {"step": {"reference": {"s": 20.0}, "dataseg": {"s": 12.0}},
+                             "criterion": {"reference": {"s": 5.0}, "dataseg": {"s": 1.2}}},
+        "train_peak_rss_gib": {"reference": [5.0, 6.0, 5.5], "dataseg": [3.0, 3.3, 3.3]},
+    }
+
+
+def test_table_ratios_targets_and_verdicts(compare):
+    table = compare.build_table(_result())
+    rows = {row.get("target_key", row["measure"]): row for row in table}
+    inf = rows["inference_ratio"]
+    assert inf["ratio"] == pytest.approx(0.45)
+    assert inf["measured_over_target"] == pytest.approx(0.45 / 0.40)
+    assert inf["met"] is False
+    step = rows["train_step_ratio"]
+    assert step["ratio"] == pytest.approx(10 / 17) and step["met"] is False
+    assert rows["criterion fwd+bwd, 100 GT/image"]["ratio"] == pytest.approx(1.2 / 5)
+    share = rows["criterion_share"]
+    assert share["reference"] == pytest.approx(0.25) and share["dataseg"] == pytest.approx(0.1)
+    assert share["met"] is True  # 0.1 <= 0.10
+    rate = rows["flop_rate_share"]
+    assert rate["dataseg"] == pytest.approx(130 / 1.8 / 200)  # 0.361
+    assert rate["measured_over_target"] == pytest.approx(130 / 1.8 / 200 / 0.65)
+    assert rate["met"] is False
+    rss = rows["train_peak_rss_ratio"]
+    assert rss["ratio"] == pytest.approx(3.3 / 5.5) and rss["met"] is True
+    spread = rows["train_peak_rss_spread"]
+    assert spread["dataseg"] == pytest.approx(0.3 / 3.3) and spread["met"] is False
+    # A faster dataseg arm meets the ratio targets.
+    fast = {r.get("target_key"): r for r in compare.build_table(_result(ds_inf=1.2, ds_step=8.0))}
+    assert fast["inference_ratio"]["met"] and fast["train_step_ratio"]["met"]
+    assert fast["flop_rate_share"]["value"] == pytest.approx(130 / 1.2 / 200)
+
+
+def test_quick_comparison_runs_both_arms_and_writes_the_table(compare, tmp_path):
+    out = tmp_path / "results" / "compare.json"
+    result = compare.main(["--quick", "--config", TINY, "--rss-repeats", "1",
+                           "--output", str(out)])
+    saved = json.loads(out.read_text())
+    assert [row["measure"] for row in saved["table"]] == [
+        row["measure"] for row in result["table"]]
+    keys = {row["target_key"] for row in saved["table"] if "target_key" in row}
+    assert keys == set(compare.TARGETS)
+    for row in saved["table"]:
+        assert row["reference"] > 0 or row["unit"] == "share"
+        if row["ratio"] is not None:
+            assert row["ratio"] == pytest.approx(row["dataseg"] / row["reference"])
+    for arm in ("reference", "dataseg"):
+        assert saved["inference"][arm]["s"] > 0
+        assert saved["criterion_at_100"]["criterion"][arm]["s"] > 0
+        assert len(saved["train_peak_rss_gib"][arm]) == 1
+    assert saved["gflop"] > 0 and saved["matmul_gflops"] > 0
+
+
+def test_plain_attention_equals_the_shared_mask_path():
+    from torch import nn
+
+    from dataseg.modeling.transformer_decoder.masked_attention_decoder import (
+        multihead_attention,
+    )
+    reference_arm = _reference_arm()
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(16, 4, batch_first=True)
+    q, k = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    hidden = torch.rand(2, 5, 7) > 0.6
+    hidden[:, :, 0] = False  # every query sees at least one key
+    grads = []
+    for fn in (multihead_attention, reference_arm.plain_multihead_attention):
+        attn.zero_grad()
+        out = fn(attn, q, k, k, hidden)
+        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), attn.in_proj_weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+
+
+def _reference_arm():
+    import sys
+
+    path = os.path.join(ROOT, "benchmarks")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import reference_arm
+
+    return reference_arm
+
+
+def test_reference_costs_equal_the_matcher_costs():
+    from dataseg.modeling.criterion.matcher import dice_cost, focal_cost
+    from dataseg.modeling.criterion.merge import PointProbs, sigmoid_with_logs
+
+    reference_arm = _reference_arm()
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 50, generator=g, dtype=torch.float64) * 3
+    targets = (torch.rand(4, 50, generator=g) > 0.5).double()
+    pp = PointProbs(*sigmoid_with_logs(logits))
+    torch.testing.assert_close(reference_arm._batch_focal_cost(logits, targets, 0.25, 2.0),
+                               focal_cost(pp, targets, 0.25, 2.0))
+    torch.testing.assert_close(reference_arm._batch_dice_cost(logits, targets),
+                               dice_cost(pp.prob, targets))
+
+
+def test_reference_criterion_equals_merge_criterion_without_merge(monkeypatch):
+    """Same matches, losses and gradients as MergeCriterion with MERGE off and the
+    detectron2 point sampler, when both draw the same loss points."""
+    from detectron2.projects.point_rend import point_features
+
+    from dataseg.modeling.criterion import CriterionContext, build_criterion, mask_supervision
+
+    reference_arm = _reference_arm()
+    original = point_features.get_uncertain_point_coords_with_randomness
+
+    def seeded(*args):  # the same points for the same (pair, layer) in both criteria
+        torch.manual_seed(int(args[0].shape[0]) * 7 + len(calls))
+        calls.append(1)
+        return original(*args)
+
+    cfg = bench_cfg_with([
+        "MODEL.DATASEG.CRITERION.MERGE_ENABLED", "False",
+        "MODEL.DATASEG.CRITERION.POINT_SAMPLER", "detectron2",
+        "MODEL.DATASEG.CRITERION.GT_SAMPLE_MODE", "bilinear",
+        # Matching by class alone: both criteria then match the same pairs whatever their
+        # (differently drawn) matching points (the point costs are tested above).
+        "MODEL.DATASEG.CRITERION.COST_FOCAL", "0.0", "MODEL.DATASEG.CRITERION.COST_DICE", "0.0",
+        "MODEL.DATASEG.CRITERION.TRAIN_NUM_POINTS", "300"])
+    g = torch.Generator().manual_seed(2)
+    B, Q, C, K = 2, 6, 5, 3
+    labels = [torch.tensor([4, 1, 2]), torch.tensor([0, 3, 1])]
+    base = []
+    for _ in range(3):
+        logits = torch.randn(B, Q, C + 1, generator=g)
+        for b in range(B):
+            logits[b, torch.arange(K) + 2, labels[b]] += 10.0  # query k+2 predicts target k
+        base.append({"pred_logits": logits,
+                     "pred_masks": torch.randn(B, Q, 8, 8, generator=g) * 3})
+    targets = [{"labels": labels[b], "masks": torch.rand(K, 32, 32, generator=g) > 0.5,
+                "boxes": None} for b in range(B)]
+    context = CriterionContext("x", "panoptic", torch.zeros(C, dtype=torch.bool))
+    results = []
+    for crit in (build_criterion(cfg), reference_arm.ReferenceCriterion(cfg)):
+        calls = []
+        monkeypatch.setattr(mask_supervision, "get_uncertain_point_coords_with_randomness",
+                            seeded)
+        monkeypatch.setattr(reference_arm, "get_uncertain_point_coords_with_randomness", seeded)
+        leaves = [{k: v.clone().requires_grad_(True) for k, v in layer.items()}
+                  for layer in base]
+        outputs = dict(leaves[0], aux_outputs=leaves[1:])
+        losses = crit(outputs, targets, context)
+        sum(losses.values()).backward()
+        results.append((losses, [layer["pred_masks"].grad for layer in leaves],
+                        [layer["pred_logits"].grad for layer in leaves]))
+    (l0, m0, c0), (l1, m1, c1) = results
+    assert set(l0) == set(l1) and len(l0) == 9
+    for k in l0:
+        torch.testing.assert_close(l0[k], l1[k], rtol=1e-5, atol=1e-6)
+    for a, b in zip(m0 + c0, m1 + c1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def bench_cfg_with(opts):
+    import sys
+
+    path = os.path.join(ROOT, "benchmarks")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from _common import bench_cfg
+
+    return bench_cfg(TINY, opts=opts)
+
+
+def test_reference_repo_that_is_not_a_checkout_names_the_expected_file(tmp_path):
+    reference_arm = _reference_arm()
+    with pytest.raises(FileNotFoundError, match="mask2former/modeling/criterion.py"):
+        reference_arm.checkout_criterion(str(tmp_path), bench_cfg_with([]), 133)
