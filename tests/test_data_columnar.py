@@ -248,3 +248,22 @@ def test_large_json_uses_the_cache_by_default(tmp_path, monkeypatch):
                          columnar_cache=True, replace=True)
     assert isinstance(DatasetCatalog.get("t_col_masks"), list)
     assert np.isclose(len(got), 5)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_categories_read_without_parsing_the_boxes(tmp_path, where):
+    from dataseg.data.columnar import read_coco_categories
+
+    big = [{"id": i, "image_id": 1, "bbox": [0, 0, 1, 1], "category_id": 7} for i in range(3000)]
+    parts = {"info": {"note": 'the "categories": [] key is escaped here'}, "images": [],
+             "annotations": big}
+    keys = list(parts)
+    keys.insert({"first": 0, "middle": 2, "last": len(keys)}[where], "categories")
+    info = {k: (CATEGORIES if k == "categories" else parts[k]) for k in keys}
+    path = tmp_path / "cats.json"
+    path.write_text(json.dumps(info))
+    # A 1 kB window: "middle" is found by the whole-file scan, the others at an end.
+    assert read_coco_categories(str(path), window=1024) == CATEGORIES
+    del info["categories"]
+    path.write_text(json.dumps(info))
+    assert read_coco_categories(str(path), window=1024) is None

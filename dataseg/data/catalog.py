@@ -450,7 +450,17 @@ def _json_categories(categories: Sequence[Dict]):
 
 
 def _read_coco_categories(json_file: str, dataset_name: str):
+    if os.path.isfile(json_file) and os.path.getsize(json_file) >= _CATEGORIES_SCAN_BYTES:
+        # Objects365-sized: find the categories without parsing every box at registration.
+        from .columnar import read_coco_categories
+
+        categories = read_coco_categories(json_file)
+        if categories is not None:
+            return categories
     return _read_json(json_file, "COCO json", dataset_name)["categories"]
+
+
+_CATEGORIES_SCAN_BYTES = 16 * 2 ** 20
 
 
 def _describe_ids(ids) -> str:

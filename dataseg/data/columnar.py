@@ -47,6 +47,7 @@ __all__ = [
     "default_columnar_cache_dir",
     "ensure_columnar_cache",
     "load_columnar_box_dicts",
+    "read_coco_categories",
     "use_columnar_cache",
 ]
 
@@ -172,6 +173,49 @@ class _JsonStream:
                 return
 
 
+def read_coco_categories(json_file: str, window: int = 1 << 20) -> Optional[List[Dict]]:
+    """The ``categories`` of a COCO json without parsing its images and annotations.
+
+    Registration needs only the categories; ``json.load`` of an Objects365-sized file costs
+    minutes and tens of GB. Looks for the ``"categories"`` key in the file's first and last
+    ``window`` bytes (where writers put it), then in the whole file, and decodes the list that
+    follows. Returns ``None`` when no such list is found (the caller parses the whole json).
+    """
+    import mmap
+
+    with open(json_file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        size = len(m)
+        ranges = [(0, min(size, window)), (max(0, size - window), size), (0, size)]
+        for lo, hi in ranges:
+            pos = m.find(b'"categories"', lo, hi)
+            while pos != -1:
+                categories = _decode_categories(m, pos + len(b'"categories"'))
+                if categories is not None:
+                    return categories
+                pos = m.find(b'"categories"', pos + 1, hi)
+    return None
+
+
+def _decode_categories(m, start: int) -> Optional[List[Dict]]:
+    text_len = 1 << 16
+    decoder = json.JSONDecoder()
+    while True:
+        text = m[start:start + text_len].decode("utf-8", errors="replace")
+        match = re.compile(r"\s*:\s*").match(text)
+        if not match or text[match.end():match.end() + 1] != "[":
+            return None
+        try:
+            value, _ = decoder.raw_decode(text, match.end())
+        except json.JSONDecodeError:
+            if start + text_len >= len(m):
+                return None
+            text_len *= 4
+            continue
+        ok = isinstance(value, list) and value and all(
+            isinstance(c, dict) and "id" in c and "name" in c for c in value)
+        return value if ok else None
+
+
 # ----------------------------------------------------------------------------- building
 def _valid_polygons(segm) -> bool:
     """load_coco_json drops an annotation whose polygons are all invalid (< 3 points)."""
@@ -258,61 +302,75 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     if not categories:
         raise ColumnarUnsupported("no categories")
 
-    img_ids = np.frombuffer(img_ids, dtype=np.int64) if len(img_ids) else np.zeros(0, np.int64)
+    os.makedirs(folder)
+
+    def save(key, arr):
+        np.save(os.path.join(folder, key + ".npy"), np.ascontiguousarray(arr))
+
+    def as_np(arr, dtype):
+        return np.frombuffer(arr, dtype=dtype) if len(arr) else np.zeros(0, dtype)
+
+    # Columns are written (and their inputs released) one by one: the build's peak is about
+    # twice the boxes' raw columns, not the parsed json.
+    img_ids = as_np(img_ids, np.int64)
     # Sorted ids; a repeated id keeps its LAST entry, as pycocotools' index does.
-    reversed_ids = img_ids[::-1]
-    sorted_ids, first_in_reversed = np.unique(reversed_ids, return_index=True)
+    sorted_ids, first_in_reversed = np.unique(img_ids[::-1], return_index=True)
     rows = len(img_ids) - 1 - first_in_reversed
-    offsets = np.frombuffer(name_offsets, dtype=np.int64)
+    save("image_ids", sorted_ids)
+    save("heights", as_np(heights, np.int64)[rows].astype(np.int32))
+    save("widths", as_np(widths, np.int64)[rows].astype(np.int32))
+    offsets = as_np(name_offsets, np.int64)
     names_arr = np.frombuffer(bytes(names), dtype=np.uint8)
+    del names
     starts, ends = offsets[rows], offsets[rows + 1]
     lengths = ends - starts
     new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     if not np.array_equal(rows, np.arange(len(img_ids))):  # unsorted or repeated ids
         gather = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
         names_arr = names_arr[gather]
-
-    def as_np(arr, dtype):
-        return np.frombuffer(arr, dtype=dtype).copy() if len(arr) else np.zeros(0, dtype)
+        del gather
+    save("file_name_bytes", names_arr)
+    save("file_name_offsets", new_offsets)
+    del names_arr, offsets, starts, ends, lengths, rows
 
     ann_image = as_np(ann_image, np.int64)
     pos = np.searchsorted(sorted_ids, ann_image)
-    matched = (pos < len(sorted_ids)) & (sorted_ids[np.minimum(pos, len(sorted_ids) - 1)]
-                                         == ann_image) if len(sorted_ids) else \
-        np.zeros(len(ann_image), bool)
+    if len(sorted_ids):
+        matched = (pos < len(sorted_ids)) & (
+            sorted_ids[np.minimum(pos, len(sorted_ids) - 1)] == ann_image)
+    else:
+        matched = np.zeros(len(ann_image), bool)
     num_unmatched = int((~matched).sum())
     if num_unmatched:
         logger.warning(f"{json_file} contains {len(ann_image)} annotations, but only "
                        f"{len(ann_image) - num_unmatched} of them match to images in the file.")
-    order = np.flatnonzero(matched)[np.argsort(pos[matched], kind="stable")]
-    ann_ids = as_np(ann_ids, np.int64)[order]
-    if "minival" not in json_file and len(np.unique(ann_ids)) != len(ann_ids):
+    del ann_image
+    order = np.flatnonzero(matched)
+    order = order[np.argsort(pos[order], kind="stable")]
+    del matched
+    save("ann_offsets", np.concatenate(
+        [[0], np.cumsum(np.bincount(pos[order], minlength=len(sorted_ids)))]).astype(np.int64))
+    del pos
+    if "minival" not in json_file and len(np.unique(as_np(ann_ids, np.int64)[order])) != len(
+            order):
         raise ValueError(f"Annotation ids in '{json_file}' are not unique!")
+    del ann_ids
     cat_ids = np.array(sorted(int(c["id"]) for c in categories), dtype=np.int64)
     ann_cats = as_np(cats, np.int64)[order]
+    del cats
     cat_index = np.searchsorted(cat_ids, ann_cats)
     unknown = (cat_index >= len(cat_ids)) | (cat_ids[np.minimum(cat_index, len(cat_ids) - 1)]
                                               != ann_cats)
     if unknown.any():
         raise KeyError(f"Encountered category_id={int(ann_cats[unknown][0])} but this id does "
                        "not exist in 'categories' of the json file.")
-    columns = {
-        "image_ids": sorted_ids.astype(np.int64),
-        "heights": as_np(heights, np.int64)[rows].astype(np.int32),
-        "widths": as_np(widths, np.int64)[rows].astype(np.int32),
-        "file_name_bytes": names_arr,
-        "file_name_offsets": new_offsets,
-        "ann_offsets": np.concatenate(
-            [[0], np.cumsum(np.bincount(pos[order], minlength=len(sorted_ids)))]
-        ).astype(np.int64),
-        # float64: the json path's values exactly (float32 would round them).
-        "boxes": as_np(boxes, np.float64).reshape(-1, 4)[order],
-        "category_index": cat_index.astype(np.int32),
-        "iscrowd": as_np(crowd, np.int8)[order],
-    }
-    os.makedirs(folder)
-    for key, arr in columns.items():
-        np.save(os.path.join(folder, key + ".npy"), np.ascontiguousarray(arr))
+    save("category_index", cat_index.astype(np.int32))
+    del ann_cats, cat_index, unknown
+    save("iscrowd", as_np(crowd, np.int8)[order])
+    del crowd
+    # float64: the json path's values exactly (float32 would round them).
+    save("boxes", as_np(boxes, np.float64).reshape(-1, 4)[order])
+    del boxes
     cats_sorted = sorted(categories, key=lambda c: c["id"])
     st = os.stat(json_file)
     meta = {
