@@ -21,6 +21,7 @@ from collections import OrderedDict
 
 import torch
 from detectron2.engine import DefaultTrainer, HookBase
+from detectron2.engine import SimpleTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 
@@ -34,7 +35,7 @@ from .results_table import format_results_table
 from .training_guards import NonFiniteLossCheck, SkippedImagesMonitor, StepSeeder
 from .visualization_hook import PredictionVisualizationHook
 
-__all__ = ["DaTaSegTrainer", "PerDatasetLosses", "create_ddp_model"]
+__all__ = ["CPUAutocastTrainer", "DaTaSegTrainer", "PerDatasetLosses", "create_ddp_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,38 @@ def _cpu_aware_ddp():
         yield
     finally:
         d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
+
+
+class CPUAutocastTrainer(SimpleTrainer):
+    """``SimpleTrainer`` whose training forward (model and losses) runs under CPU autocast.
+
+    detectron2's ``AMPTrainer`` (``SOLVER.AMP.ENABLED``) requires CUDA. On CPU autocast
+    computes in bfloat16, whose float32-wide exponent needs no loss scaling, so the step is
+    ``SimpleTrainer``'s with only the model call under ``torch.autocast("cpu")`` (backward and
+    the optimizer step outside it, as autocast prescribes). The criterion computes in
+    float32 whatever the model's precision (``MergeCriterion``).
+
+    Args:
+        model, data_loader, optimizer, kwargs: as ``SimpleTrainer``.
+        precision: the autocast dtype.
+    """
+
+    def __init__(self, model, data_loader, optimizer, precision=torch.bfloat16, **kwargs):
+        super().__init__(model, data_loader, optimizer, **kwargs)
+        self.precision = precision
+        self._autocast = []
+        # A pre-hook enters autocast, a hook that runs even when forward raises leaves it:
+        # the model call (and nothing else of the step) is the autocast region.
+        model.register_forward_pre_hook(self._enter_autocast)
+        model.register_forward_hook(self._exit_autocast, always_call=True)
+
+    def _enter_autocast(self, module, args):
+        region = torch.autocast("cpu", dtype=self.precision, enabled=module.training)
+        region.__enter__()
+        self._autocast.append(region)
+
+    def _exit_autocast(self, module, args, output):
+        self._autocast.pop().__exit__(None, None, None)
 
 
 def _with_seed(cfg, seed: int):
@@ -146,6 +179,13 @@ class DaTaSegTrainer(DefaultTrainer):
             cfg = _with_seed(cfg, seed)
         with _cpu_aware_ddp():
             super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED and next(self.model.parameters()).device.type == "cpu":
+            # DefaultTrainer built detectron2's CUDA-only AMPTrainer; same parts, CPU autocast.
+            t = self._trainer
+            self._trainer = CPUAutocastTrainer(t.model, t.data_loader, t.optimizer)
+            logger.info("SOLVER.AMP.ENABLED on CPU: the forward runs under bfloat16 autocast "
+                        "(no loss scaling needed: detectron2's GradScaler warning about CUDA can be "
+                        "ignored).")
         # Before the first step: loads the text encoder, so absent weights fail now.
         prepare_train_vocabularies(_unwrap(self.model), cfg.DATASETS.TRAIN, cfg.DATASETS.TEST)
         self._step_seeder = StepSeeder(self.cfg.SEED)

@@ -144,6 +144,11 @@ class MergeCriterion(nn.Module):
     def forward(
         self, outputs: Dict, targets: List[Dict], context: CriterionContext
     ) -> Dict[str, torch.Tensor]:
+        """The weighted losses (see the class docstring), float32 under mixed precision."""
+        with _float32_region(outputs):
+            return self._losses(_as_float32(outputs), targets, context)
+
+    def _losses(self, outputs, targets, context):
         layers, suffixes, matches, states, prep = self._match_layers(outputs, targets, context)
         sup = self.supervision(context.task)
         device = outputs["pred_logits"].device
@@ -167,7 +172,8 @@ class MergeCriterion(nn.Module):
     def match(self, outputs: Dict, targets: List[Dict], context: CriterionContext
               ) -> List[LayerMatch]:
         """The MERGE + matching of every supervised layer (final layer first), no losses."""
-        return self._match_layers(outputs, targets, context)[2]
+        with _float32_region(outputs):
+            return self._match_layers(_as_float32(outputs), targets, context)[2]
 
     def _match_layers(self, outputs, targets, context):
         layers, suffixes = [outputs], [""]
@@ -275,6 +281,27 @@ class MergeCriterion(nn.Module):
         )
         target[match.unit_idx] = match.gt_labels
         return class_nll_loss(match.class_log_probs, target, self.no_object_weight)
+
+
+def _float32_region(outputs):
+    # Mixed precision (SOLVER.AMP.ENABLED): autocast would run the matching-cost matmuls
+    # (focal / dice over thousands of points) and other reductions in float16 / bfloat16,
+    # whose 8-11 bit mantissas moved costs by up to 0.03 (tests/test_amp.py) and can flip
+    # assignments; the criterion is cheap next to the model, so all of it runs in float32
+    # with autocast off.
+    return torch.autocast(outputs["pred_logits"].device.type, enabled=False)
+
+
+def _as_float32(x):
+    """``x`` (nested dicts / lists of tensors) with floating tensors cast to float32; the
+    casts are differentiable, so gradients reach the half-precision predictions."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _as_float32(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_as_float32(v) for v in x)
+    return x
 
 
 def build_criterion(cfg) -> nn.Module:

@@ -1,7 +1,8 @@
 """Hungarian matching of (merged) units to ground-truth segments or boxes.
 
 Costs are all-pairs matrices built with matmuls on shared sampled points (no loop over
-segments), in float32, then solved per image with scipy's ``linear_sum_assignment``.
+segments), in float32 (autocast off, inputs cast), then solved per image with scipy's
+``linear_sum_assignment``.
 """
 
 from typing import Tuple
@@ -83,14 +84,15 @@ class HungarianMatcher:
         gt_points: torch.Tensor,
     ) -> torch.Tensor:
         """Cost (U, K) of units vs ground-truth masks sampled at the same points."""
-        cost = self.cost_class * class_cost(class_log_probs.float(), gt_labels)
-        gt_points = gt_points.float()
-        if self.cost_focal:
-            cost = cost + self.cost_focal * focal_cost(
-                pred, gt_points, self.focal_alpha, self.focal_gamma
-            )
-        if self.cost_dice:
-            cost = cost + self.cost_dice * dice_cost(pred.prob.float(), gt_points)
+        with torch.autocast(gt_points.device.type, enabled=False):
+            cost = self.cost_class * class_cost(class_log_probs.float(), gt_labels)
+            gt_points = gt_points.float()
+            if self.cost_focal:
+                cost = cost + self.cost_focal * focal_cost(
+                    PointProbs(*(v.float() for v in pred)), gt_points, self.focal_alpha,
+                    self.focal_gamma)
+            if self.cost_dice:
+                cost = cost + self.cost_dice * dice_cost(pred.prob.float(), gt_points)
         return cost
 
     @torch.no_grad()
@@ -104,10 +106,11 @@ class HungarianMatcher:
         box_y: torch.Tensor,
     ) -> torch.Tensor:
         """Cost (U, K) of units vs ground-truth boxes: class + projection dice (x + y)."""
-        cost = self.cost_class * class_cost(class_log_probs.float(), gt_labels)
-        return cost + self.cost_projection * projection_cost(
-            proj_x.float(), proj_y.float(), box_x, box_y
-        )
+        with torch.autocast(proj_x.device.type, enabled=False):
+            cost = self.cost_class * class_cost(class_log_probs.float(), gt_labels)
+            return cost + self.cost_projection * projection_cost(
+                proj_x.float(), proj_y.float(), box_x.float(), box_y.float()
+            )
 
     @staticmethod
     def assign(cost: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

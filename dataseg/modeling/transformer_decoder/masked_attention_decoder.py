@@ -1,4 +1,14 @@
-"""Masked-attention query decoder (Mask2Former layout) returning per-layer predictions."""
+"""Masked-attention query decoder (Mask2Former layout) returning per-layer predictions.
+
+The decoder's structure follows Mask2Former's ``MultiScaleMaskedTransformerDecoder``
+(https://github.com/facebookresearch/Mask2Former,
+``mask2former/modeling/transformer_decoder/mask2former_transformer_decoder.py``, MIT
+License): learnable query features and positions, a level embedding per scale, layers of
+masked cross-attention -> self-attention -> FFN cycling over three scales coarse to fine,
+attention masks from the previous prediction (sigmoid < 0.5 hidden, a query hiding every
+pixel sees all), and a prediction from the initial queries and after every layer. The class
+head is replaced by the text classifier (outside this module).
+"""
 
 from typing import Dict, List
 
@@ -21,7 +31,14 @@ def build_transformer_decoder(cfg, in_channels: int, text_dim: int):
     return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, text_dim)
 
 
-def multihead_attention(attn: nn.MultiheadAttention, query, key, value, hidden=None):
+# Device types where the head-broadcast mask of ``multihead_attention`` is verified (the CPU
+# test suite); elsewhere the per-head mask of ``nn.MultiheadAttention`` (as Mask2Former runs
+# on GPUs) is used until a run there has checked it (tests/test_gpu_paths.py on CUDA).
+_HEAD_BROADCAST_DEVICE_TYPES = ("cpu",)
+
+
+def multihead_attention(attn: nn.MultiheadAttention, query, key, value, hidden=None,
+                        head_broadcast=None):
     """``attn(query, key, value, attn_mask=...)[0]`` (batch first) with ONE mask for all heads.
 
     ``nn.MultiheadAttention`` takes a mask per head, (B * heads, Lq, Lk), and turns a boolean
@@ -34,7 +51,17 @@ def multihead_attention(attn: nn.MultiheadAttention, query, key, value, hidden=N
         attn: the module holding the projections (its parameters and checkpoints unchanged).
         query, key, value: (B, Lq, E), (B, Lk, E), (B, Lk, E).
         hidden: optional bool (B, Lq, Lk), True where a query may NOT attend.
+        head_broadcast: True = the head-broadcast mask above, False = ``attn`` itself with
+            the mask repeated per head; None (default) = True on CPU only.
     """
+    if head_broadcast is None:
+        head_broadcast = query.device.type in _HEAD_BROADCAST_DEVICE_TYPES
+    if not head_broadcast:
+        mask = None if hidden is None else hidden.repeat_interleave(attn.num_heads, dim=0)
+        if not attn.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        out = attn(query, key, value, attn_mask=mask, need_weights=False)[0]
+        return out if attn.batch_first else out.transpose(0, 1)
     B, Lq, E = query.shape
     heads = attn.num_heads
     w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
@@ -43,13 +70,14 @@ def multihead_attention(attn: nn.MultiheadAttention, query, key, value, hidden=N
     def split(x, w, b):
         return F.linear(x, w, b).view(B, x.shape[1], heads, E // heads).transpose(1, 2)
 
+    q, k, v = split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v)
     mask = None
     if hidden is not None:
-        mask = torch.zeros(hidden.shape, dtype=query.dtype, device=query.device)
+        # In the projections' dtype, which autocast may have lowered: one dtype for SDPA.
+        mask = torch.zeros(hidden.shape, dtype=q.dtype, device=q.device)
         mask = mask.masked_fill_(hidden, float("-inf")).unsqueeze(1)  # (B, 1, Lq, Lk)
     out = F.scaled_dot_product_attention(
-        split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v), attn_mask=mask,
-        dropout_p=attn.dropout if attn.training else 0.0)
+        q, k, v, attn_mask=mask, dropout_p=attn.dropout if attn.training else 0.0)
     return attn.out_proj(out.transpose(1, 2).reshape(B, Lq, E))
 
 
