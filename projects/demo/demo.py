@@ -256,7 +256,8 @@ def describe(predictions, task, names, score_threshold):
         segments = predictions["panoptic_seg"][1]
         found = Counter(names[s["category_id"]] for s in segments)
         parts = [f"{n} x{k}" if k > 1 else n for n, k in found.most_common()]
-        return len(segments), f"panoptic: {len(segments)} segments" + (
+        plural = "" if len(segments) == 1 else "s"
+        return len(segments), f"panoptic: {len(segments)} segment{plural}" + (
             f" ({', '.join(parts)})" if parts else "")
     instances = kept_instances(predictions, score_threshold)
     parts = [f"{names[int(c)]} {float(s):.2f}"
@@ -330,8 +331,10 @@ class PredictionWriter:
         if "panoptic" in self.tasks:
             self._add_panoptic(image_id, stem, predictions["panoptic_seg"])
         if "instance" in self.tasks:
-            instances = kept_instances(predictions, self.score_threshold)
             import pycocotools.mask as mask_util
+
+            instances = kept_instances(predictions, self.score_threshold)
+            instances.pred_masks = instances.pred_masks.numpy()  # what pycocotools encodes
 
             for ann in instances_to_coco_json(instances, image_id):
                 ann["category_id"] = self.ids[ann["category_id"]]
