@@ -450,7 +450,7 @@ def video_outputs(args):
 
 def run_video(args, cfg, predictor):
     video = cv2.VideoCapture(args.video_input)
-    if not os.path.isfile(args.video_input) or not video.isOpened():
+    if not video.isOpened():
         raise SystemExit(f"--video-input {args.video_input!r} cannot be opened as a video")
     fps = video.get(cv2.CAP_PROP_FPS) or 25.0
     width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -523,8 +523,12 @@ def main(argv=None):
     setup_logger(name="dataseg")
     cfg = get_dataseg_cfg(args.config_file, args.opts)
     classes, isthing = resolve_vocabulary(args)
+    # Fail on a wrong path before loading the model.
     if args.input:
-        list_images(args.input)  # fail on a wrong path before loading the model
+        list_images(args.input)
+    elif not os.path.isfile(args.video_input):
+        raise SystemExit(f"--video-input {args.video_input!r} cannot be opened as a video "
+                         "(no such file)")
     check_weights(cfg)
     predictor = DaTaSegPredictor(cfg, vocabulary=args.vocabulary, classes=classes,
                                  task=args.task, isthing=isthing)
