@@ -124,3 +124,15 @@ def test_max_synonym_reduction_takes_best_synonym():
     assert torch.allclose(logits[:, 0], scale.expand(2), atol=1e-4)  # each matches its synonym
     logits.sum().backward()
     assert clf.class_head.layers[0].weight.grad is not None
+
+
+def test_logits_are_float32_under_bfloat16_autocast():
+    clf = _classifier()
+    clf.set_vocabulary("v", ["cat", "dog", "tree"])
+    features = torch.randn(2, 5, 32)
+    reference = clf(features, "v")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = clf(features.bfloat16(), "v")
+    assert mixed.dtype == torch.float32
+    # What remains is the bfloat16 class head (inputs and weights rounded to 8 bits).
+    assert torch.allclose(mixed, reference, atol=0.05)

@@ -186,15 +186,20 @@ class TextEmbeddingClassifier(nn.Module):
         self._check_known(vocabulary)
         w_name, i_name = self._vocab_buffers[vocabulary]
         weights, index = getattr(self, w_name), getattr(self, i_name)
-        x = F.normalize(self.class_head(query_features), dim=-1)
-        scale = self.current_logit_scale()
-        class_logits = scale * (x @ weights.to(x.dtype).t())
-        if index is not None:  # "max" synonym reduction: best synonym per class
-            num_classes = len(self._vocab_class_names[vocabulary])
-            class_logits = reduce_synonym_scores(class_logits, index, num_classes)
-        background = F.normalize(self.background_embedding, dim=-1).to(x.dtype)
-        bg_logit = scale * (x @ background).unsqueeze(-1)
-        return torch.cat([class_logits, bg_logit], dim=-1)
+        features = self.class_head(query_features)
+        # Cosine logits in float32 even under autocast: near the logit scale's clamp (100) a
+        # bfloat16 logit moves in steps of 0.25-0.5, the size of the margins between classes.
+        dtype = torch.promote_types(features.dtype, torch.float32)
+        with torch.autocast(features.device.type, enabled=False):
+            x = F.normalize(features.to(dtype), dim=-1)
+            scale = self.current_logit_scale().to(dtype)
+            class_logits = scale * (x @ weights.to(dtype).t())
+            if index is not None:  # "max" synonym reduction: best synonym per class
+                num_classes = len(self._vocab_class_names[vocabulary])
+                class_logits = reduce_synonym_scores(class_logits, index, num_classes)
+            background = F.normalize(self.background_embedding.to(dtype), dim=-1)
+            bg_logit = scale * (x @ background).unsqueeze(-1)
+            return torch.cat([class_logits, bg_logit], dim=-1)
 
     def extra_repr(self) -> str:
         return (
