@@ -10,7 +10,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from PIL import Image
 
-from ..utils.visualizer import draw_predictions
+from ..utils.visualizer import draw_predictions, visualization_metadata
 
 __all__ = ["PredictionVisualizationHook", "save_prediction_drawings"]
 
@@ -21,6 +21,7 @@ def save_prediction_drawings(model, data_loader, dataset_name, output_dir, num_i
     """Run ``model`` on the first ``num_images`` of ``data_loader`` and save one PNG per
     output the dataset is evaluated with. Returns the written paths."""
     metadata = MetadataCatalog.get(dataset_name)
+    palette = visualization_metadata(metadata.dataseg_classes, metadata)  # dataset's colours
     os.makedirs(output_dir, exist_ok=True)
     written = []
     was_training = model.training
@@ -31,7 +32,8 @@ def save_prediction_drawings(model, data_loader, dataset_name, output_dir, num_i
                 image = read_image(inp["file_name"], format="RGB")
                 stem = os.path.splitext(os.path.basename(inp["file_name"]))[0]
                 for output in metadata.dataseg_test_outputs:
-                    drawing = draw_predictions(image, predictions, metadata.dataseg_classes, output)
+                    drawing = draw_predictions(image, predictions, metadata.dataseg_classes, output,
+                                               metadata=palette)
                     path = os.path.join(output_dir, f"{stem}_{output}.png")
                     Image.fromarray(drawing).save(path)
                     written.append(path)
