@@ -195,7 +195,8 @@ class DaTaSegPredictor(DefaultPredictor):
                 or original_image.shape[2] != 3:
             raise ValueError(
                 "DaTaSegPredictor takes one (H, W, 3) BGR numpy image (cv2.imread), got "
-                f"{type(original_image).__name__} of shape {getattr(original_image, 'shape', '?')}.")
+                f"{type(original_image).__name__} of shape "
+                f"{getattr(original_image, 'shape', '?')}.")
         with torch.no_grad():
             if self.input_format == "RGB":
                 original_image = original_image[:, :, ::-1]
