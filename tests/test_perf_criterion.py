@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dataseg.modeling.criterion import merge_mask_logits
+from dataseg.modeling.criterion.point_sampling import sample_shared_points
 from dataseg.modeling.criterion.losses import (
     dice_loss,
     focal_loss,
@@ -201,3 +202,54 @@ def test_compiled_point_loss_failure_names_the_config_key(monkeypatch):
     point_loss = losses.compiled_sigmoid_focal_dice_loss()
     with pytest.raises(RuntimeError, match="COMPILE_POINT_LOSSES False"):
         point_loss(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 1.0), (0.25, 0.0),
+                                         (0.25, 1.5)])
+@pytest.mark.parametrize("weights", [(20.0, 5.0), (1.0, 0.0), (0.0, 3.0)])
+def test_logit_matching_cost_equals_the_probability_costs(alpha, gamma, weights):
+    """focal_dice_cost_logits (the cost of single proposals) = the weighted focal_cost +
+    dice_cost of sigmoid_with_logs(logits), saturated logits included."""
+    from dataseg.modeling.criterion.matcher import dice_cost, focal_cost, focal_dice_cost_logits
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(7, 301, generator=g, dtype=torch.float64) * 4
+    x[0, :3] = torch.tensor([0.0, 40.0, -40.0])
+    t = (torch.rand(5, 301, generator=g) > 0.5).double()
+    t[1] = torch.rand(301, generator=g, dtype=torch.float64)  # soft targets too
+    pp = PointProbs(*_sigmoid_with_logs_values(x))
+    w_focal, w_dice = weights
+    want = w_focal * focal_cost(pp, t, alpha, gamma) + w_dice * dice_cost(pp.prob, t)
+    got = focal_dice_cost_logits(x, t, alpha, gamma, w_focal, w_dice)
+    torch.testing.assert_close(got, want)
+
+
+def test_matching_from_logits_equals_the_merged_probability_path():
+    """The criterion's cost of unmerged units (logits) = its cost through merge_mask_logits,
+    for the default and a permuted unit order, in float32; same Hungarian assignment."""
+    from dataseg.modeling.criterion import HungarianMatcher, MaskSupervision
+    from dataseg.modeling.criterion.mask_supervision import _MaskTargets, _UnitLogits
+    from dataseg.modeling.criterion.merge import _groups, singleton_groups
+
+    sup, matcher = MaskSupervision(num_points=500), HungarianMatcher()
+    g = torch.Generator().manual_seed(9)
+    B, Q, K = 2, 6, 4
+    layer = {"pred_masks": torch.randn(B, Q, 8, 8, generator=g) * 3}
+    coords = torch.rand(500, 2, generator=g)
+    prep = _MaskTargets(coords, [(torch.rand(K, 500, generator=g) > 0.5).float()] * B)
+    class_logp = torch.log_softmax(torch.randn(B * Q, 5, generator=g), -1)
+    labels = torch.tensor([0, 3, 1, 2])
+    perm = torch.cat([torch.randperm(Q, generator=g) + b * Q for b in range(B)])
+    for groups in (singleton_groups(B, Q), _groups(perm, torch.arange(B).repeat_interleave(Q),
+                                                   B, Q)):
+        fast = sup.cost_inputs(layer, None, groups, prep)
+        assert isinstance(fast, _UnitLogits)
+        point_logits = sample_shared_points(layer["pred_masks"], coords).flatten(0, 1)
+        slow = merge_mask_logits(point_logits, groups.unit_of_query, groups.num_units,
+                                 "logsumexp")
+        for b, (s, e) in enumerate(((0, Q), (Q, 2 * Q))):
+            got = sup.image_cost(matcher, fast, s, e, b, class_logp[s:e], labels, prep)
+            want = sup.image_cost(matcher, slow, s, e, b, class_logp[s:e], labels, prep)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert [r.tolist() for r in matcher.assign(got)] == [
+                r.tolist() for r in matcher.assign(want)]

@@ -5,7 +5,7 @@ combine their members' point logits with the MERGE arithmetic (``MERGE_MODE``, `
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 
@@ -58,6 +58,12 @@ class _MaskTargets:
 
     coords: torch.Tensor  # (P, 2) in [0, 1]
     gt_points: List[torch.Tensor]  # per image (K_b, P)
+
+
+class _UnitLogits(NamedTuple):
+    """Point logits (U, P) of units that are single proposals (matching-cost input)."""
+
+    logits: torch.Tensor
 
 
 @dataclass
@@ -175,18 +181,27 @@ class MaskSupervision:
         return None
 
     @torch.no_grad()
-    def cost_inputs(self, layer, state, groups: MergeGroups, prep: _MaskTargets) -> PointProbs:
-        """(Merged) mask probabilities of every unit at the matching points."""
+    def cost_inputs(self, layer, state, groups: MergeGroups, prep: _MaskTargets):
+        """Every unit at the matching points: ``_UnitLogits`` when no unit is merged (the
+        anchored matching, MERGE off), else the (merged) ``PointProbs``."""
         point_logits = sample_shared_points(layer["pred_masks"].detach().float(), prep.coords)
+        point_logits = point_logits.flatten(0, 1)
+        if not groups.has_merges:
+            identity = bool((groups.unit_rep == torch.arange(
+                groups.num_units, device=groups.unit_rep.device)).all())
+            return _UnitLogits(point_logits if identity else point_logits[groups.unit_rep])
         return merge_mask_logits(
-            point_logits.flatten(0, 1), groups.unit_of_query, groups.num_units,
+            point_logits, groups.unit_of_query, groups.num_units,
             self.merge_mode, single_member=groups.unit_size == 1,
             unit_rep_member=groups.unit_rep,
         )
 
     @staticmethod
-    def image_cost(matcher, inputs: PointProbs, start, end, image, class_log_probs, labels,
+    def image_cost(matcher, inputs, start, end, image, class_log_probs, labels,
                    prep: _MaskTargets) -> torch.Tensor:
+        if isinstance(inputs, _UnitLogits):
+            return matcher.mask_cost_from_logits(
+                class_log_probs, inputs.logits[start:end], labels, prep.gt_points[image])
         unit_pp = PointProbs(*(v[start:end] for v in inputs))
         return matcher.mask_cost(class_log_probs, unit_pp, labels, prep.gt_points[image])
 
