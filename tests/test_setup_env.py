@@ -10,6 +10,7 @@ what it would install) in seconds.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -156,11 +157,11 @@ def test_repacked_detectron2_is_managed_by_pip(tmp_path):
 def source_copy(tmp_path_factory):
     """The files a build reads, copied so builds never write into the checkout."""
     root = tmp_path_factory.mktemp("dataseg_src")
-    ignore = __import__("shutil").ignore_patterns("__pycache__", "*.pyc")
     for name in ("setup.py", "README.md"):
         (root / name).write_bytes((REPO / name).read_bytes())
     for name in ("dataseg", "configs"):
-        __import__("shutil").copytree(REPO / name, root / name, ignore=ignore)
+        shutil.copytree(REPO / name, root / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     return root
 
 
@@ -206,22 +207,20 @@ def _requires_dist(source, tmp_path, **env):
     proc = _run([sys.executable, "-m", "pip", "--disable-pip-version-check", "install",
                  "--dry-run", "--no-deps", "--no-index", "--no-build-isolation", "--quiet",
                  "--report", str(report), str(source)],
-                env={**os.environ, **env})
+                env={**{k: v for k, v in os.environ.items() if k != "DATASEG_OPENCV"}, **env})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (item,) = json.loads(report.read_text())["install"]
     return [r for r in item["metadata"]["requires_dist"] if "extra ==" not in r]
 
 
 def test_opencv_requirement_follows_the_installed_build(source_copy, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "DATASEG_OPENCV"}
-    os.environ.pop("DATASEG_OPENCV", None)
     # A user with the GUI build: a distribution "opencv-python" on the path.
     fake = tmp_path / "site"
     (fake / "opencv_python-4.10.0.84.dist-info").mkdir(parents=True)
     (fake / "opencv_python-4.10.0.84.dist-info" / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: opencv-python\nVersion: 4.10.0.84\n")
     gui = _requires_dist(source_copy, tmp_path,
-                         PYTHONPATH=os.pathsep.join([str(fake), env.get("PYTHONPATH", "")]))
+                         PYTHONPATH=os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")]))
     assert "opencv-python" in gui and "opencv-python-headless" not in gui
     # The set-up script's override when a cv2 is importable: no OpenCV requirement at all.
     none = _requires_dist(source_copy, tmp_path, DATASEG_OPENCV="")
