@@ -2,20 +2,19 @@
 
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from PIL import Image
 
 from dataseg.engine import get_dataseg_cfg
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = str(REPO / "configs" / "tiny" / "DaTaSeg-tiny.yaml")
-TINY = ["MODEL.DATASEG.TEXT.ENCODER", "Random", "INPUT.MIN_SIZE_TEST", "64",
-        "INPUT.MAX_SIZE_TEST", "64", "MODEL.DEVICE", "cpu"]
+from helpers import REPO
+from helpers import TINY_CONFIG as CONFIG
+from helpers import TINY_OPTS as TINY
 
 sys.path.insert(0, str(REPO / "projects" / "demo"))
 import demo  # noqa: E402
@@ -25,6 +24,7 @@ import demo  # noqa: E402
 def weights(tmp_path_factory):
     """A randomly initialised tiny model saved as a checkpoint (the demo's mechanics only)."""
     out = tmp_path_factory.mktemp("demo_weights")
+    torch.manual_seed(0)  # the same random model in every run
     model = build_model(get_dataseg_cfg(CONFIG, TINY))
     DetectionCheckpointer(model, save_dir=str(out)).save("model")
     return str(out / "model.pth")
@@ -171,17 +171,19 @@ def test_nothing_passed_the_thresholds_is_logged(weights, images, tmp_path, capl
     argv = ["--config-file", CONFIG, "--input", str(images / "0.jpg"), "--output",
             str(tmp_path), "--vocabulary", synthetic_datasets["panoptic_val"],
             "--task", "panoptic,instance", "--score-threshold", "1.0"]
-    # random weights: no query passes OBJECT_MASK_THRESHOLD 0.8, no score exceeds 1
-    assert demo.main(argv + TINY + ["MODEL.WEIGHTS", weights]) == 0
+    # No class probability exceeds 1 (scores > threshold), so nothing can pass.
+    assert demo.main(argv + TINY + ["MODEL.WEIGHTS", weights,
+                                    "MODEL.DATASEG.TEST.OBJECT_MASK_THRESHOLD", "1.0"]) == 0
     assert "no panoptic segment passed the thresholds" in caplog.text
-    assert "OBJECT_MASK_THRESHOLD 0.8" in caplog.text
+    assert "OBJECT_MASK_THRESHOLD 1.0" in caplog.text
     assert "no instance scored above --score-threshold 1" in caplog.text
     drawing = np.asarray(Image.open(tmp_path / "0_panoptic.png"))
     assert np.abs(drawing.astype(int) - np.asarray(Image.open(images / "0.jpg"))).max() <= 1
     caplog.clear()
     # --opts lowers the threshold: now there are segments, and no warning
     assert demo.main(argv + ["--opts"] + TINY + [
-        "MODEL.WEIGHTS", weights, "MODEL.DATASEG.TEST.OBJECT_MASK_THRESHOLD", "0.0"]) == 0
+        "MODEL.WEIGHTS", weights, "MODEL.DATASEG.TEST.OBJECT_MASK_THRESHOLD", "0.0",
+        "MODEL.DATASEG.TEST.OVERLAP_THRESHOLD", "0.0"]) == 0
     assert "no panoptic segment passed" not in caplog.text
     assert "no instance scored above" in caplog.text
 
@@ -220,7 +222,7 @@ def test_save_predictions_pseudo_labels_a_folder(weights, images, tmp_path, synt
     opts = ["MODEL.DATASEG.TEST.OBJECT_MASK_THRESHOLD", "0.0"]
     rc = demo.main(["--config-file", CONFIG, "--input", str(images), "--output", str(out),
                     "--vocabulary", pan, "--classes", "kite", "--task", "panoptic",
-                    "--task", "semantic", "--task", "instance", "--score-threshold", "0.1",
+                    "--task", "semantic", "--task", "instance", "--score-threshold", "0.0",
                     "--save-predictions"] + TINY + ["MODEL.WEIGHTS", weights] + opts)
     assert rc == 0
     root = out / "predictions"
@@ -248,7 +250,7 @@ def test_save_predictions_pseudo_labels_a_folder(weights, images, tmp_path, synt
         label = np.asarray(Image.open(root / "semantic" / ann["file_name"]))
         assert np.array_equal(label, expected["sem_seg"].argmax(0).numpy())
         # instances: those above the threshold, RLE masks decode to the predicted masks
-        kept = expected["instances"][expected["instances"].scores > 0.1]
+        kept = expected["instances"][expected["instances"].scores > 0.0]
         anns = instances.loadAnns(instances.getAnnIds(imgIds=[image_info["id"]]))
         assert len(anns) == len(kept) > 0
         for a, mask, cls in zip(anns, kept.pred_masks, kept.pred_classes):
