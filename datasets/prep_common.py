@@ -106,17 +106,6 @@ def segments_of(ids: np.ndarray, info: dict) -> List[dict]:
     return segments
 
 
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """COCO panoptic PNG encoding: id = R + 256 G + 256^2 B."""
-    ids = ids.astype(np.uint32)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
 def write_json(obj, path: Path):
     """Write ``obj`` atomically: an interrupted run never leaves a truncated json behind."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ade20k_meta import INSTANCE_TO_SEMANTIC, ade20k_categories  # noqa: E402
+from dataseg.data.panoptic_png import segment_ids_to_rgb  # noqa: E402
 from prep_common import (  # noqa: E402
-    PreparationError, dataset_root, files_with_suffix, id_to_rgb, make_parser, require_dir,
+    PreparationError, dataset_root, files_with_suffix, make_parser, require_dir,
     run_parallel, segments_of, write_json,
 )
 
@@ -88,7 +89,7 @@ def convert_image(image_file: Path, ade: Path, folder: str, out_dir: Path, isthi
         seg_id = (cat + 1) * 1000 + number
         ids[numbers == number] = seg_id
         info[seg_id] = dict(category_id=cat, iscrowd=0)
-    Image.fromarray(id_to_rgb(ids)).save(out_dir / f"{stem}.png")
+    Image.fromarray(segment_ids_to_rgb(ids)).save(out_dir / f"{stem}.png")
     image = dict(id=stem, file_name=image_file.name, width=size[0], height=size[1])
     return image, dict(image_id=stem, file_name=f"{stem}.png",
                        segments_info=segments_of(ids, info))

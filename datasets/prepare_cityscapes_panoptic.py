@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dataseg.data.panoptic_png import segment_ids_to_rgb  # noqa: E402
 from prep_common import (  # noqa: E402
-    PreparationError, dataset_root, id_to_rgb, make_parser, require_dir, run_parallel,
+    PreparationError, dataset_root, make_parser, require_dir, run_parallel,
     segments_of, write_json,
 )
 
@@ -61,7 +62,7 @@ def convert_frame(instance_file: Path, split: str, root: Path, out_dir: Path, ca
         ids[values == value] = value
         info[int(value)] = dict(category_id=label,
                                 iscrowd=int(value < 1000 and bool(by_id[label]["isthing"])))
-    Image.fromarray(id_to_rgb(ids)).save(out_dir / f"{base}_gtFine_panoptic.png")
+    Image.fromarray(segment_ids_to_rgb(ids)).save(out_dir / f"{base}_gtFine_panoptic.png")
     if train_ids:
         label_file = instance_file.with_name(f"{base}_gtFine_labelIds.png")
         if not label_file.is_file():

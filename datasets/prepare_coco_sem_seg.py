@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dataseg.data.panoptic_png import rgb_to_segment_ids  # noqa: E402
 from prep_common import (  # noqa: E402
     PreparationError, dataset_root, make_parser, read_json, require_dir, require_file,
-    rgb_to_id, run_parallel,
+    run_parallel,
 )
 
 LAYOUT = """input (https://cocodataset.org/#download: panoptic_annotations_trainval2017.zip, then
@@ -36,7 +37,7 @@ def convert_annotation(ann, png_dir: Path, out_dir: Path, contiguous):
     if not png.is_file():
         raise PreparationError(f"panoptic PNG {str(png)!r} (listed in the json) not found.")
     with Image.open(png) as im:
-        ids = rgb_to_id(np.asarray(im.convert("RGB")))
+        ids = rgb_to_segment_ids(np.asarray(im.convert("RGB")))
     labels = np.full(ids.shape, 255, dtype=np.uint8)
     for seg in ann["segments_info"]:
         labels[ids == seg["id"]] = contiguous[seg["category_id"]]

@@ -21,9 +21,9 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json, load_sem_seg
 from detectron2.utils.file_io import PathManager
-from panopticapi.utils import rgb2id
 
 from ..tasks import TASKS, check_task, get_task
+from .panoptic_png import rgb_to_segment_ids
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def check_panoptic_segment_ids(rgb: np.ndarray, segments_info: Sequence[Dict], f
             silently become background, which usually means PNGs and json are from different
             releases or a PNG is corrupt.
     """
-    ids = rgb2id(rgb)
+    ids = rgb_to_segment_ids(rgb)
     known = np.array([0] + [int(s["id"]) for s in segments_info], dtype=np.int64)
     unknown = ~np.isin(ids, known)
     if unknown.any():

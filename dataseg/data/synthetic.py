@@ -31,10 +31,10 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
-from panopticapi.utils import id2rgb
 
 from .catalog import register_box_dataset, register_instance_dataset, \
     register_panoptic_dataset, register_semantic_dataset
+from .panoptic_png import segment_ids_to_rgb
 
 __all__ = [
     "THING_CONCEPTS",
@@ -215,7 +215,7 @@ def _write_panoptic(out_dir, split, scenes, vocab):
             ids[mask] = seg_id
             segments_info.append({"id": int(seg_id), "category_id": _PANOPTIC_IDS[concept],
                                   "iscrowd": 0, "bbox": _bbox(mask), "area": int(mask.sum())})
-        Image.fromarray(id2rgb(ids)).save(os.path.join(png_dir, stem + ".png"))
+        Image.fromarray(segment_ids_to_rgb(ids)).save(os.path.join(png_dir, stem + ".png"))
         h, w = stuff.shape
         images.append({"id": image_id, "file_name": stem + ".jpg", "height": h, "width": w})
         annotations.append({"image_id": image_id, "file_name": stem + ".png",

@@ -46,6 +46,7 @@ from detectron2.utils.visualizer import ColorMode
 from PIL import Image
 
 import dataseg  # noqa: F401  (registers DaTaSeg)
+from dataseg.data.panoptic_png import segment_ids_to_rgb
 from dataseg.engine import DaTaSegPredictor, get_dataseg_cfg
 from dataseg.text import match_class_names, normalize_class_name, parse_classes
 from dataseg.utils import draw_predictions
@@ -344,8 +345,6 @@ class PredictionWriter:
                 self.instances.append(ann)
 
     def _add_panoptic(self, image_id, stem, panoptic):
-        from panopticapi.utils import id2rgb
-
         ids, segments = panoptic
         ids = ids.cpu().numpy().astype(np.int64)
         infos = []
@@ -357,7 +356,7 @@ class PredictionWriter:
             infos.append({"id": int(s["id"]), "category_id": self.ids[s["category_id"]],
                           "isthing": int(s["isthing"]), "area": int(mask.sum()), "bbox": bbox,
                           "iscrowd": 0})
-        file_name = self._save(Image.fromarray(id2rgb(ids).astype(np.uint8)), "panoptic", stem)
+        file_name = self._save(Image.fromarray(segment_ids_to_rgb(ids)), "panoptic", stem)
         self.panoptic.append({"image_id": image_id, "file_name": file_name,
                               "segments_info": infos})
 

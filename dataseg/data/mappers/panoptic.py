@@ -4,9 +4,9 @@ import numpy as np
 from PIL import Image
 
 from detectron2.utils.file_io import PathManager
-from panopticapi.utils import rgb2id
 
 from ..catalog import DatasetValidationError, check_panoptic_segment_ids
+from ..panoptic_png import rgb_to_segment_ids
 from .base import DaTaSegDatasetMapper, masks_to_instances
 
 __all__ = ["PanopticDatasetMapper"]
@@ -25,7 +25,7 @@ class PanopticDatasetMapper(DaTaSegDatasetMapper):
         path = dataset_dict["pan_seg_file_name"]
         with PathManager.open(path, "rb") as f:
             rgb = np.asarray(Image.open(f).convert("RGB"))
-        pan = rgb2id(rgb)
+        pan = rgb_to_segment_ids(rgb)
         if pan.shape != tuple(image_shape):
             raise DatasetValidationError(
                 f"Dataset {self.dataset_name!r}: panoptic PNG {path!r} is {pan.shape} but image "
