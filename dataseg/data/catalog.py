@@ -166,11 +166,6 @@ def dataseg_metadata(task: str, class_names: Sequence[str], isthing=None, test_o
     return meta
 
 
-# Internal spellings used throughout this module.
-_require_path = require_path
-_common_metadata = dataseg_metadata
-
-
 def _check_same_size(image_file: str, label_file: str, dataset_name: str):
     with Image.open(image_file) as im, Image.open(label_file) as lab:
         if im.size != lab.size:
@@ -206,14 +201,14 @@ def _panoptic_category_metadata(categories: Sequence[Dict]) -> Dict:
 def _load_panoptic(name, image_root, panoptic_root, panoptic_json, image_ext, test_outputs):
     meta = MetadataCatalog.get(name)
     hint = _hint(meta.as_dict())
-    _require_path(panoptic_json, "panoptic json", name, hint, is_dir=False)
-    _require_path(image_root, "image", name, hint)
-    _require_path(panoptic_root, "panoptic PNG", name, hint)
+    require_path(panoptic_json, "panoptic json", name, hint, is_dir=False)
+    require_path(image_root, "image", name, hint)
+    require_path(panoptic_root, "panoptic PNG", name, hint)
     info = _read_json(panoptic_json, "panoptic json", name)
     if not meta.get("dataseg_classes", None):
         # Deferred category metadata (registration happened before the json existed).
         cat_meta, names, isthing = _panoptic_category_metadata(info["categories"])
-        common = _common_metadata("panoptic", names, isthing, test_outputs, meta.evaluator_type,
+        common = dataseg_metadata("panoptic", names, isthing, test_outputs, meta.evaluator_type,
                                   {})
         _set_metadata(name, **cat_meta, **common)
     thing_map = meta.thing_dataset_id_to_contiguous_id
@@ -251,8 +246,8 @@ def _load_panoptic(name, image_root, panoptic_root, panoptic_json, image_ext, te
             f"Dataset {name!r}: {panoptic_json!r} holds no annotations (empty dataset)."
         )
     for record in dicts[:_NUM_VALIDATED_FILES]:
-        _require_path(record["file_name"], "image", name, hint, is_dir=False)
-        _require_path(record["pan_seg_file_name"], "panoptic PNG", name, hint, is_dir=False)
+        require_path(record["file_name"], "image", name, hint, is_dir=False)
+        require_path(record["pan_seg_file_name"], "panoptic PNG", name, hint, is_dir=False)
         _check_same_size(record["file_name"], record["pan_seg_file_name"], name)
         with Image.open(record["pan_seg_file_name"]) as png:
             check_panoptic_segment_ids(np.asarray(png.convert("RGB")), record["segments_info"],
@@ -334,7 +329,7 @@ def register_panoptic_dataset(
     if categories is not None:
         cat_meta, names, isthing = _panoptic_category_metadata(categories)
         meta.update(cat_meta)
-        meta.update(_common_metadata("panoptic", _text_names(text_names, names, name), isthing,
+        meta.update(dataseg_metadata("panoptic", _text_names(text_names, names, name), isthing,
                                      test_outputs, evaluator_type, {}))
     _register(
         name,
@@ -349,8 +344,8 @@ def register_panoptic_dataset(
 def _load_semantic(name, image_root, sem_seg_root, image_ext, gt_ext):
     meta = MetadataCatalog.get(name)
     hint = _hint(meta.as_dict())
-    _require_path(image_root, "image", name, hint)
-    _require_path(sem_seg_root, "semantic label", name, hint)
+    require_path(image_root, "image", name, hint)
+    require_path(sem_seg_root, "semantic label", name, hint)
     if not any(f.endswith(gt_ext) for f in PathManager.ls(sem_seg_root)):
         raise DatasetValidationError(
             f"Dataset {name!r}: no *.{gt_ext} label maps in {sem_seg_root!r} (empty dataset).{hint}"
@@ -426,7 +421,7 @@ def register_semantic_dataset(
         image_root=image_root,
         sem_seg_root=sem_seg_root,
         ignore_label=ignore_label,
-        **_common_metadata("semantic", _text_names(text_names, class_names, name), isthing,
+        **dataseg_metadata("semantic", _text_names(text_names, class_names, name), isthing,
                            test_outputs, evaluator_type, extra_metadata),
     )
     _register(
@@ -481,8 +476,8 @@ def _check_category_ids(name, json_file, registered_ids, json_ids, json_names):
 def _load_coco(name, json_file, image_root, task, keep_masks):
     meta = MetadataCatalog.get(name)
     hint = _hint(meta.as_dict())
-    _require_path(json_file, "COCO json", name, hint, is_dir=False)
-    _require_path(image_root, "image", name, hint)
+    require_path(json_file, "COCO json", name, hint, is_dir=False)
+    require_path(image_root, "image", name, hint)
     if task == "box" and not keep_masks:
         # Large box jsons: a memory-mapped columnar cache instead of one dict per box in every
         # process (dataseg/data/columnar.py); None when the json path is used.
@@ -515,7 +510,7 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
             MetadataCatalog.remove(probe)
     if not meta.get("dataseg_classes", None):
         _set_metadata(name, **_coco_category_metadata(json_names, json_ids),
-                      **_common_metadata(task, json_names, None, None, "coco", {}))
+                      **dataseg_metadata(task, json_names, None, None, "coco", {}))
     id_map = meta.thing_dataset_id_to_contiguous_id
     _check_category_ids(name, json_file, list(id_map), json_ids, json_names)
     # json order -> json id -> registered order (the same when the registration read the json).
@@ -528,7 +523,7 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
     if not dicts:
         raise DatasetValidationError(f"Dataset {name!r}: {json_file!r} has no images.")
     for record in dicts[:_NUM_VALIDATED_FILES]:
-        _require_path(record["file_name"], "image", name, hint, is_dir=False)
+        require_path(record["file_name"], "image", name, hint, is_dir=False)
     return dicts
 
 
@@ -560,7 +555,7 @@ def _register_coco(name, json_file, image_root, task, class_names, test_outputs,
         if json_ids is not None:
             _check_category_ids(name, json_file, ids, json_ids, json_names)
         meta.update(**_coco_category_metadata(names, ids),
-                    **_common_metadata(task, names, None, test_outputs, "coco", {}))
+                    **dataseg_metadata(task, names, None, test_outputs, "coco", {}))
     _register(
         name, lambda: _load_coco(name, json_file, image_root, task, keep_masks), meta, replace
     )
