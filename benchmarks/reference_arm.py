@@ -61,8 +61,10 @@ REFERENCE_OPTS = [
 _decoder = importlib.import_module("dataseg.modeling.transformer_decoder.masked_attention_decoder")
 
 
-def plain_multihead_attention(attn: nn.MultiheadAttention, query, key, value, hidden=None):
-    """``nn.MultiheadAttention`` called as Mask2Former calls it: a boolean mask per head."""
+def plain_multihead_attention(attn: nn.MultiheadAttention, query, key, value, hidden=None,
+                              head_broadcast=None):
+    """``nn.MultiheadAttention`` called as Mask2Former calls it: a boolean mask per head
+    (``head_broadcast`` is accepted for the signature of the function it replaces)."""
     mask = None
     if hidden is not None:
         mask = hidden.repeat_interleave(attn.num_heads, dim=0)  # (B * heads, Lq, Lk)

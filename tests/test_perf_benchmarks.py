@@ -263,3 +263,49 @@ def test_reference_repo_that_is_not_a_checkout_names_the_expected_file(tmp_path)
     reference_arm = _reference_arm()
     with pytest.raises(FileNotFoundError, match="mask2former/modeling/criterion.py"):
         reference_arm.checkout_criterion(str(tmp_path), bench_cfg_with([]), 133)
+
+
+def test_reference_repo_criterion_is_imported_without_the_package_init(tmp_path, monkeypatch):
+    """--reference-repo: SetCriterion + HungarianMatcher come from the checkout's modules
+    (its mask2former/__init__.py, which needs the compiled CUDA op, must not run), are built
+    with the config's weights and return weighted losses."""
+    import sys
+
+    reference_arm = _reference_arm()
+    pkg = tmp_path / "mask2former"
+    (pkg / "modeling").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('compiled op missing')\n")
+    (pkg / "modeling" / "__init__.py").write_text("raise ImportError('compiled op missing')\n")
+    (pkg / "modeling" / "matcher.py").write_text(
+        "class HungarianMatcher:\n"
+        "    def __init__(self, cost_class=1, cost_mask=1, cost_dice=1, num_points=0):\n"
+        "        self.costs = (cost_class, cost_mask, cost_dice, num_points)\n")
+    (pkg / "modeling" / "criterion.py").write_text(
+        "import torch\n"
+        "from .matcher import HungarianMatcher\n"
+        "class SetCriterion(torch.nn.Module):\n"
+        "    def __init__(self, num_classes, matcher, weight_dict, eos_coef, losses,\n"
+        "                 num_points, oversample_ratio, importance_sample_ratio):\n"
+        "        super().__init__()\n"
+        "        assert isinstance(matcher, HungarianMatcher)\n"
+        "        self.matcher, self.weight_dict, self.num_classes = matcher, weight_dict, num_classes\n"
+        "    def forward(self, outputs, targets):\n"
+        "        n = float(len(outputs['aux_outputs']))\n"
+        "        return {'loss_ce': torch.tensor(1.0), 'loss_dice_0': torch.tensor(n),\n"
+        "                'loss_unweighted': torch.tensor(3.0)}\n")
+    for name in ("mask2former", "mask2former.modeling", "mask2former.modeling.criterion",
+                 "mask2former.modeling.matcher"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    try:
+        cfg = bench_cfg_with(["MODEL.DATASEG.CRITERION.CLASS_WEIGHT", "2.5"])
+        crit = reference_arm.checkout_criterion(str(tmp_path), cfg, 133)
+        assert crit.criterion.num_classes == 133
+        assert crit.criterion.matcher.costs == (2.0, 20.0, 5.0, 1024)
+        assert set(crit.criterion.weight_dict) == {
+            f"loss_{k}{s}" for k in ("ce", "mask", "dice") for s in ["", "_0", "_1", "_2"]}
+        losses = crit({"aux_outputs": [{}, {}]}, [], None)
+        assert {k: float(v) for k, v in losses.items()} == {"loss_ce": 2.5, "loss_dice_0": 10.0}
+    finally:
+        for name in list(sys.modules):
+            if name.startswith("mask2former"):
+                del sys.modules[name]
