@@ -253,3 +253,27 @@ def test_matching_from_logits_equals_the_merged_probability_path():
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             assert [r.tolist() for r in matcher.assign(got)] == [
                 r.tolist() for r in matcher.assign(want)]
+
+
+def test_pixel_grid_is_the_pixel_centre_formula():
+    """PixelPoints.grid: x = (2 col + 1) / W - 1, y = (2 row + 1) / H - 1, (M, P, 1, 2),
+    and the bilinear reads at those points equal point_sample at the same centres."""
+    from detectron2.projects.point_rend.point_features import point_sample
+
+    from dataseg.modeling.criterion.point_sampling import PixelPoints, sample_logits_at_pixels
+
+    g = torch.Generator().manual_seed(10)
+    H, W = 12, 20
+    row = torch.randint(0, H, (3, 7), generator=g).to(torch.int16)
+    col = torch.randint(0, W, (3, 7), generator=g).to(torch.int16)
+    row[0, 0], col[0, 0], row[0, 1], col[0, 1] = 0, 0, H - 1, W - 1
+    grid = PixelPoints(row, col, (H, W)).grid(torch.float64)
+    assert grid.shape == (3, 7, 1, 2) and grid.dtype == torch.float64
+    torch.testing.assert_close(grid[..., 0, 0], (2.0 * col.double() + 1.0) / W - 1.0)
+    torch.testing.assert_close(grid[..., 0, 1], (2.0 * row.double() + 1.0) / H - 1.0)
+    assert grid[0, 0, 0].tolist() == pytest.approx([1.0 / W - 1.0, 1.0 / H - 1.0])
+    maps = torch.randn(3, 3, 5, generator=g, dtype=torch.float64)
+    coords = torch.stack([(col.double() + 0.5) / W, (row.double() + 0.5) / H], -1)
+    torch.testing.assert_close(
+        sample_logits_at_pixels(maps, PixelPoints(row, col, (H, W))),
+        point_sample(maps[:, None], coords, align_corners=False)[:, 0])

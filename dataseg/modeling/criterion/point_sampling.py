@@ -116,11 +116,11 @@ class PixelPoints(NamedTuple):
     def grid(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(M, P, 1, 2) ``grid_sample`` coordinates (align_corners=False) of the pixel centres."""
         H, W = self.size
-        out = torch.empty(self.row.shape + (1, 2), dtype=dtype, device=self.row.device)
-        # Centre of pixel i in [-1, 1]: (2 i + 1) / size - 1.
-        torch.mul(self.col, 2.0 / W, out=out[..., 0, 0]).add_(1.0 / W - 1.0)
-        torch.mul(self.row, 2.0 / H, out=out[..., 0, 1]).add_(1.0 / H - 1.0)
-        return out
+        # Centre of pixel i in [-1, 1]: (2 i + 1) / size - 1. Converted contiguously first:
+        # a mixed-dtype product written into the strided (x, y) slots is ~2x slower.
+        x = self.col.to(dtype).mul_(2.0 / W).add_(1.0 / W - 1.0)
+        y = self.row.to(dtype).mul_(2.0 / H).add_(1.0 / H - 1.0)
+        return torch.stack([x, y], -1).unsqueeze(-2)
 
 
 def _divmod(a: torch.Tensor, d: int):
