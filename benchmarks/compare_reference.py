@@ -221,7 +221,10 @@ class Worker:
         self.proc.stdin.flush()
         return self._read()
 
-    def close(self):
+    def close(self, kill: bool = False):
+        """Let the worker finish and exit; ``kill`` (after an error or Ctrl-C) stops it now."""
+        if kill and self.proc.poll() is None:
+            self.proc.kill()
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
@@ -384,6 +387,7 @@ def main(argv=None) -> dict:
     r["matmul_gflops_start"] = rb.matmul_gflops(matmul_n, 5)
     workers = {}
     started = time.perf_counter()
+    failed = True
     try:
         for arm in ARMS:
             workers[arm] = Worker(arm, args)
@@ -408,9 +412,10 @@ def main(argv=None) -> dict:
         r["criterion_at_100"] = {
             "step": {a: {"s": statistics.median(v)} for a, v in steps.items()},
             "criterion": {a: {"s": statistics.median(v)} for a, v in crits.items()}}
+        failed = False
     finally:
         for w in workers.values():
-            w.close()
+            w.close(kill=failed)
     r["timing_wall_s"] = time.perf_counter() - started
     r["train_peak_rss_gib"] = measure_rss(args)
     r["matmul_gflops_end"] = rb.matmul_gflops(matmul_n, 5)
