@@ -324,6 +324,11 @@ def format_table(r):
             f"| {row['measure']} | {row['unit']} | {num(row['reference'])} | "
             f"{num(row['dataseg'])} | {num(row['ratio'])} | {row.get('target', '')} | "
             f"{num(row.get('measured_over_target'))} | {met} |")
+    busy = [v[0] for v in (r["load_average_start"], r["load_average_end"]) if v]
+    if busy and max(busy) > 0.5 * r["cpu_count"] + r["threads"]:
+        lines.append(f"WARNING: the machine was busy (1-min load average up to {max(busy):.1f} on "
+                     f"{r['cpu_count']} CPUs besides this run's {r['threads']} threads); "
+                     "oversubscribed cores slow both arms unevenly, rerun on an idle machine.")
     peaks = r["train_peak_rss_gib"]
     lines.append("training peak RSS per run (GiB): " + "; ".join(
         f"{a} " + ", ".join(f"{v:.2f}" for v in peaks[a]) for a in ARMS))
