@@ -9,7 +9,7 @@ export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 OUTPUT ?= output/quickstart
 TRAIN_ARGS ?=
 
-.PHONY: setup train test data bench claims clean
+.PHONY: setup train test data bench bench-reference claims clean
 
 setup:
 	bash scripts/setup_env.sh
@@ -27,6 +27,10 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run_benchmarks.py --output output/benchmarks.json
+
+# DaTaSeg against the reference implementation, every CPU target as measured / target (~9 min).
+bench-reference: setup
+	$(PY) benchmarks/compare_reference.py --output output/compare_reference.json
 
 claims: setup
 	$(PY) projects/small_scale_claims/run_claims.py --output-dir output/claims
