@@ -1,7 +1,8 @@
-"""Readable full-resolution references that the criterion's fast paths are tested against.
+"""Readable references that the criterion's fast paths are tested against.
 
-They are not part of the package: the criterion merges on sampled points with the same
-arithmetic; these apply a MERGE to whole masks so tests can check its meaning directly.
+They are not part of the package: the criterion merges on sampled points and fuses its point
+losses; these apply a MERGE to whole masks and write the focal loss out element by element,
+so tests can check the meaning directly.
 """
 
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import torch
 
 from dataseg.modeling.criterion import (
     MergeGroups,
+    PointProbs,
     group_by_class,
     merge_class_log_probs,
     merge_mask_probs,
@@ -70,3 +72,17 @@ def merge_proposals(pred_logits: torch.Tensor, pred_masks: torch.Tensor, task: s
         mask_probs = merge_mask_probs(torch.sigmoid(masks), groups.unit_of_query,
                                       groups.num_units, mode)
     return MergedProposals(class_probs, mask_probs, groups)
+
+
+def focal_loss_reference(
+    pred: PointProbs, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
+    """The straightforward elementwise focal loss (the definition ``focal_loss`` follows)."""
+    p = pred.prob
+    ce = -(targets * pred.log_prob + (1.0 - targets) * pred.log_one_minus_prob)
+    p_t = p * targets + (1.0 - p) * (1.0 - targets)
+    # clamp: the straight-through merged probability may exceed 1 by a rounding error.
+    loss = ce * (1.0 - p_t).clamp(min=0.0) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1.0 - alpha) * (1.0 - targets))
+    return loss.mean(-1)

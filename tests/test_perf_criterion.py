@@ -10,7 +10,6 @@ from dataseg.modeling.criterion.point_sampling import sample_shared_points
 from dataseg.modeling.criterion.losses import (
     dice_loss,
     focal_loss,
-    focal_loss_reference,
     sigmoid_focal_dice_loss,
 )
 from dataseg.modeling.criterion.merge import (
@@ -18,6 +17,8 @@ from dataseg.modeling.criterion.merge import (
     _sigmoid_with_logs_values,
     sigmoid_with_logs,
 )
+
+from reference import focal_loss_reference
 
 
 def _grads(fn, *inputs):

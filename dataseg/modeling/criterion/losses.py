@@ -15,7 +15,6 @@ from .merge import PointProbs
 
 __all__ = [
     "focal_loss",
-    "focal_loss_reference",
     "sigmoid_focal_dice_loss",
     "compiled_sigmoid_focal_dice_loss",
     "dice_loss",
@@ -87,7 +86,7 @@ def focal_loss(
 ) -> torch.Tensor:
     """Sigmoid focal loss (Lin et al.) on probabilities, mean over points, per unit.
 
-    Same values and gradients as :func:`focal_loss_reference` (tested), computed by a fused
+    Same values and gradients as the elementwise definition (tested), computed by a fused
     autograd function that keeps far less memory for backward.
 
     Args:
@@ -212,20 +211,6 @@ def compiled_sigmoid_focal_dice_loss():
             ) from e
 
     return point_loss
-
-
-def focal_loss_reference(
-    pred: PointProbs, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
-) -> torch.Tensor:
-    """The straightforward elementwise focal loss (the definition :func:`focal_loss` follows)."""
-    p = pred.prob
-    ce = -(targets * pred.log_prob + (1.0 - targets) * pred.log_one_minus_prob)
-    p_t = p * targets + (1.0 - p) * (1.0 - targets)
-    # clamp: the straight-through merged probability may exceed 1 by a rounding error.
-    loss = ce * (1.0 - p_t).clamp(min=0.0) ** gamma
-    if alpha >= 0:
-        loss = loss * (alpha * targets + (1.0 - alpha) * (1.0 - targets))
-    return loss.mean(-1)
 
 
 def dice_loss(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
