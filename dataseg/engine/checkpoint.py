@@ -104,8 +104,16 @@ class DaTaSegCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: Any):
         self._check_text_dim(checkpoint)
+        _upgrade_class_head_keys(checkpoint["model"])
         incompatible = super()._load_model(checkpoint)
         self._check_coverage(incompatible)
+        missing = [k for k in incompatible.missing_keys if k.startswith("classifier.")]
+        if missing and TEXT_INFO_KEY in checkpoint:
+            logger.warning(
+                f"This DaTaSeg checkpoint does not fill the text classifier's {missing}: "
+                "they keep their random initialisation, so class predictions are meaningless "
+                "until they are trained. Was it saved with another "
+                "MODEL.DATASEG.DECODER.CLASS_HEAD_LAYERS?")
         return incompatible
 
     def _check_coverage(self, incompatible) -> None:
@@ -168,6 +176,26 @@ class DaTaSegCheckpointer(DetectionCheckpointer):
                 f"configured with {expected['encoder']} (same width {dim}); class predictions "
                 "will be meaningless until the classifier is fine-tuned."
             )
+
+
+def _upgrade_class_head_keys(state: Dict[str, Any]) -> None:
+    """Rename the class-head keys of checkpoints saved before the head became an ``MLP``.
+
+    ``classifier.class_head.weight`` (one linear layer) and ``classifier.class_head.{2i}.*``
+    (``nn.Sequential`` of linear + ReLU) are now ``classifier.class_head.layers.{i}.*``;
+    without the rename they would be dropped as unexpected keys, silently.
+    """
+    prefix = "classifier.class_head."
+    for key in [k for k in state if k.startswith(prefix) and not k.startswith(prefix + "layers.")]:
+        rest = key[len(prefix):]
+        index, _, name = rest.rpartition(".")
+        if index == "":
+            layer = 0
+        elif index.isdigit() and int(index) % 2 == 0:
+            layer = int(index) // 2
+        else:
+            continue
+        state[f"{prefix}layers.{layer}.{name}"] = state.pop(key)
 
 
 def _not_a_checkpoint(filename: str, why: str) -> str:
