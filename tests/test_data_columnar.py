@@ -158,6 +158,118 @@ def test_concurrent_processes_build_one_complete_folder(tmp_path):
     assert len(ColumnarDatasetDicts(outputs[0], "")) == 5
 
 
+def test_stale_lock_is_taken_over_and_the_dead_builders_folder_removed(tmp_path):
+    from dataseg.data import columnar
+
+    json_file, _ = _tricky_coco(tmp_path)
+    cache = str(tmp_path / "cache")
+    folder = columnar_cache_folder(json_file, cache)
+    os.makedirs(cache)
+    # What a builder killed mid-build leaves: its lock and its half-written temporary folder,
+    # both untouched for longer than the stale-lock time.
+    lock, leftover = folder + ".lock", folder + ".tmp-deadhost-12345"
+    with open(lock, "w") as f:
+        f.write("deadhost 12345 deadhost-12345-0\n")
+    os.makedirs(leftover)
+    with open(os.path.join(leftover, "image_ids.npy"), "wb") as f:
+        f.write(b"partial")
+    old = os.path.getmtime(lock) - 2 * columnar._STALE_LOCK_S
+    for path in (os.path.join(leftover, "image_ids.npy"), leftover, lock):
+        os.utime(path, (old, old))
+    assert ensure_columnar_cache(json_file, cache, wait_timeout_s=60) == folder
+    assert os.listdir(cache) == [os.path.basename(folder)]  # no lock, leftover nor .stale-*
+    assert len(ColumnarDatasetDicts(folder, "")) == 5
+
+
+def test_takeover_of_a_lock_that_is_live_again_puts_it_back(tmp_path):
+    from dataseg.data import columnar
+
+    # Two waiters judged the same lock stale; the first took it over and created its own
+    # fresh lock before the second's takeover: the second moves the fresh lock away, sees it
+    # is live and puts it back, and the leftovers stay.
+    folder = str(tmp_path / "boxes-0123")
+    lock, other_build = folder + ".lock", folder + ".tmp-host-1"
+    with open(lock, "w") as f:
+        f.write("first waiter\n")
+    os.makedirs(other_build)
+    old = os.path.getmtime(lock) - 2 * columnar._STALE_LOCK_S
+    os.utime(other_build, (old, old))
+    assert not columnar._take_over_stale_lock(lock, folder, "h 2 h-2-ab\n")
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(p) for p in (lock, other_build)]
+    with open(lock) as f:
+        assert f.read() == "first waiter\n"
+    # A lock that is stale indeed: removed, with the folder its builder left.
+    os.utime(lock, (old, old))
+    assert columnar._take_over_stale_lock(lock, folder, "h 2 h-2-ab\n")
+    assert os.listdir(tmp_path) == []
+
+
+def test_heartbeat_survives_a_vanished_lock(tmp_path, monkeypatch):
+    from dataseg.data import columnar
+
+    lock = str(tmp_path / "x.lock")
+    columnar._heartbeat(lock, "me\n")  # no lock: re-created, no FileNotFoundError
+    with open(lock) as f:
+        assert f.read() == "me\n"
+    with open(lock, "w") as f:
+        f.write("other\n")
+    columnar._heartbeat(lock, "me\n")  # another process's lock is only touched
+    with open(lock) as f:
+        assert f.read() == "other\n"
+    # A build whose lock a waiter removes (as stale) mid-build completes, and releases the lock
+    # its heartbeat re-created.
+    json_file, _ = _tricky_coco(tmp_path)
+    cache = str(tmp_path / "cache")
+    build, beats = columnar.build_columnar_cache, []
+
+    def build_losing_the_lock(json_file, folder, heartbeat=None):
+        def beat():
+            if os.path.exists(cache_lock):
+                os.remove(cache_lock)
+            heartbeat()
+            beats.append(os.path.exists(cache_lock))
+        return build(json_file, folder, heartbeat=beat)
+
+    cache_lock = columnar_cache_folder(json_file, cache) + ".lock"
+    monkeypatch.setattr(columnar, "build_columnar_cache", build_losing_the_lock)
+    monkeypatch.setattr(columnar, "_HEARTBEAT_EVERY", 1)
+    folder = ensure_columnar_cache(json_file, cache)
+    assert beats and all(beats)
+    assert os.listdir(cache) == [os.path.basename(folder)]
+    assert len(ColumnarDatasetDicts(folder, "")) == 5
+
+
+@pytest.mark.parametrize("annotation", [0, 3])  # of a known image; of an unknown one (999)
+def test_annotation_without_category_id_fails_as_on_the_json_path(tmp_path, annotation):
+    json_file, image_root = _tricky_coco(tmp_path)
+    with open(json_file) as f:
+        info = json.load(f)
+    del info["annotations"][annotation]["category_id"]
+    with open(json_file, "w") as f:
+        json.dump(info, f)
+    plain, cached = _register_both(tmp_path, json_file, image_root, f"t_col_nocat{annotation}")
+    with pytest.raises(DatasetValidationError, match="category_id"):
+        DatasetCatalog.get(plain)  # pycocotools indexes every annotation by category_id
+    ann_id = info["annotations"][annotation]["id"]
+    with pytest.raises(DatasetValidationError,
+                       match=f"1 annotation.*no 'category_id'.*id {ann_id} of image"):
+        DatasetCatalog.get(cached)
+    assert not any(n.endswith(".lock") or ".tmp-" in n for n in os.listdir(tmp_path / "cache"))
+
+
+def test_invalid_coco_value_errors_name_the_dataset_and_file(tmp_path):
+    json_file, image_root = _tricky_coco(tmp_path)
+    with open(json_file) as f:
+        info = json.load(f)
+    info["annotations"][1]["id"] = info["annotations"][0]["id"]
+    with open(json_file, "w") as f:
+        json.dump(info, f)
+    _, cached = _register_both(tmp_path, json_file, image_root, "t_col_dup_ids")
+    with pytest.raises(DatasetValidationError, match="not unique") as e:
+        DatasetCatalog.get(cached)
+    assert "t_col_dup_ids_columnar" in str(e.value) and json_file in str(e.value)
+
+
 def test_stream_parser_across_chunk_boundaries():
     text = json.dumps({"a": 12345678901, "images": [{"id": 1, "x": [1.5, -2e-3]}, {"id": 22}],
                        "annotations": [], "s": "x,}]", "categories": [{"id": 3}]}, indent=1)
@@ -247,7 +359,7 @@ def test_large_json_uses_the_cache_by_default(tmp_path, monkeypatch):
     register_box_dataset("t_col_masks", json_file, image_root, has_masks=True,
                          columnar_cache=True, replace=True)
     assert isinstance(DatasetCatalog.get("t_col_masks"), list)
-    assert np.isclose(len(got), 5)
+    assert len(got) == 5
 
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])

@@ -239,10 +239,13 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     Returns:
         the ``meta.json`` content.
     Raises:
-        ColumnarUnsupported: keypoints, annotations without a 4-number ``bbox``, images without
-            integer ``id``/``height``/``width``, or no categories.
+        ColumnarUnsupported: keypoints, annotations without a 4-number ``bbox`` or with a
+            non-integer ``category_id``, images without integer ``id``/``height``/``width``, or no
+            categories.
         json.JSONDecodeError, KeyError, ValueError: an invalid json (callers turn these into
-            actionable messages).
+            actionable messages). An annotation without ``category_id`` is a ValueError when the
+            json has categories (the json path fails on it too: pycocotools indexes every
+            annotation by ``category_id``).
     """
     start = time.perf_counter()
     img_ids, heights, widths = array.array("q"), array.array("q"), array.array("q")
@@ -250,7 +253,8 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     ann_image, ann_ids, cats = array.array("q"), array.array("q"), array.array("q")
     boxes, crowd = array.array("d"), array.array("b")
     categories = None
-    num_elements = num_invalid_segm = 0
+    num_elements = num_invalid_segm = num_no_category = 0
+    first_no_category = None
     with open(json_file, encoding="utf-8") as f:
         for key, value, is_element in _JsonStream(f):
             num_elements += 1
@@ -290,6 +294,16 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
                 raise ColumnarUnsupported(f"annotation {value.get('id')} has bbox {bbox}")
             if type(value.get("image_id")) is not int or type(value.get("id")) is not int:
                 raise ColumnarUnsupported(f"annotation without integer id/image_id: {value}")
+            if "category_id" not in value:
+                # Counted before any filtering: pycocotools' index reads the key of every
+                # annotation, kept or not. An error once the categories are known (below).
+                num_no_category += 1
+                if first_no_category is None:
+                    first_no_category = value
+                continue
+            if type(value["category_id"]) is not int:
+                raise ColumnarUnsupported(f"annotation {value['id']} has category_id "
+                                          f"{value['category_id']!r}")
             if not _valid_polygons(value.get("segmentation")):
                 num_invalid_segm += 1
                 continue
@@ -301,11 +315,18 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
             crowd.append(int(c))
     if not categories:
         raise ColumnarUnsupported("no categories")
+    if num_no_category:
+        raise ValueError(
+            f"{num_no_category} annotation(s) in '{json_file}' have no 'category_id' (the first: "
+            f"id {first_no_category.get('id')} of image {first_no_category.get('image_id')}); "
+            "every annotation of a COCO json needs one.")
 
     os.makedirs(folder)
 
     def save(key, arr):
         np.save(os.path.join(folder, key + ".npy"), np.ascontiguousarray(arr))
+        if heartbeat is not None:  # sorting and writing 25 M boxes takes a while too
+            heartbeat()
 
     def as_np(arr, dtype):
         return np.frombuffer(arr, dtype=dtype) if len(arr) else np.zeros(0, dtype)
@@ -400,6 +421,96 @@ def _is_complete(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, "meta.json"))
 
 
+def _create_lock(lock: str, token: str) -> bool:
+    """Create ``lock`` holding ``token`` unless it exists (O_EXCL: one creator wins)."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, token.encode())
+    finally:
+        os.close(fd)
+    return True
+
+
+def _read_lock(lock: str) -> Optional[str]:
+    try:
+        with open(lock) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _heartbeat(lock: str, token: str):
+    """The builder's keep-alive: touch ``lock``; re-create it if a waiter removed it as stale
+    (a stalled builder, or clocks that differ across a shared filesystem), so that the others
+    keep waiting instead of the live build failing. A lock another process holds by then is
+    left to it (both build; the atomic rename of the folder keeps one result)."""
+    try:
+        os.utime(lock)
+    except FileNotFoundError:
+        if _create_lock(lock, token):
+            logger.warning(f"The columnar-cache lock {lock} vanished during the build (taken "
+                           "as stale by a waiting process?); re-created it.")
+
+
+def _newest_mtime(path: str) -> float:
+    newest = os.path.getmtime(path)
+    for entry in os.scandir(path):
+        try:
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+        except FileNotFoundError:
+            pass
+    return newest
+
+
+def _remove_stale_leftovers(folder: str):
+    """Remove ``<folder>.tmp-*`` build folders of killed builders (as large as the cache).
+    Only those untouched for the stale-lock time: a live builder writes into its folder and
+    touches the lock after every column."""
+    parent, prefix = os.path.dirname(folder), os.path.basename(folder) + ".tmp-"
+    for entry in os.scandir(parent):
+        if not (entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False)):
+            continue
+        try:
+            idle = time.time() - _newest_mtime(entry.path)
+        except FileNotFoundError:
+            continue
+        if idle > _STALE_LOCK_S:
+            logger.warning(f"Removing {entry.path}, left by a columnar-cache builder that died.")
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _take_over_stale_lock(lock: str, folder: str, token: str) -> bool:
+    """Remove ``lock``, judged stale by the caller, atomically: it is first renamed to a name of
+    this process's own, which only one of several waiters can do, and checked again there (a
+    waiter that judged the same lock stale may already have replaced it with its own fresh
+    lock, which is then put back). Returns whether this process removed a stale lock (it then
+    also removed the stale build folders); the caller then creates the lock as usual."""
+    moved = f"{lock}.stale-{token.split()[-1]}"
+    try:
+        os.rename(lock, moved)
+    except FileNotFoundError:
+        return False  # another waiter took it over first
+    try:
+        idle = time.time() - os.path.getmtime(moved)
+    except FileNotFoundError:
+        return False
+    if idle <= _STALE_LOCK_S:  # a live lock, created since the caller's look: put it back
+        try:
+            os.link(moved, lock)  # unless yet another process has created one meanwhile
+        except OSError:
+            pass  # its holder's heartbeat re-creates it
+        os.remove(moved)
+        return False
+    os.remove(moved)
+    logger.warning(f"Removed stale columnar-cache lock {lock} (untouched for {idle:.0f}s: its "
+                   "builder died).")
+    _remove_stale_leftovers(folder)
+    return True
+
+
 def ensure_columnar_cache(json_file: str, cache_dir: Optional[str] = None,
                           wait_timeout_s: float = 6 * 3600.0) -> str:
     """The complete cache folder of ``json_file``, built now if missing.
@@ -407,31 +518,27 @@ def ensure_columnar_cache(json_file: str, cache_dir: Optional[str] = None,
     Safe with many processes (ranks of one or several machines sharing ``cache_dir``): one
     takes the lock file ``<folder>.lock`` and builds into a temporary folder that is renamed
     into place; the others wait for the folder. A lock left by a killed builder is taken over
-    once it has not been touched for 5 minutes.
+    (by one waiter, which also removes the killed builder's temporary folder) once it has not
+    been touched for 5 minutes.
     """
     folder = columnar_cache_folder(json_file, cache_dir)
     if _is_complete(folder):
         return folder
     os.makedirs(os.path.dirname(folder), exist_ok=True)
     lock = folder + ".lock"
+    host, pid = socket.gethostname(), os.getpid()
+    token = f"{host} {pid} {host}-{pid}-{os.urandom(4).hex()}\n"
     waited_since = time.monotonic()
     last_log = 0.0
     while not _is_complete(folder):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        if not _create_lock(lock, token):
             waited = time.monotonic() - waited_since
             try:
                 idle = time.time() - os.path.getmtime(lock)
             except FileNotFoundError:
                 continue
             if idle > _STALE_LOCK_S:
-                logger.warning(f"Removing stale columnar-cache lock {lock} (untouched for "
-                               f"{idle:.0f}s: its builder died).")
-                try:
-                    os.remove(lock)
-                except FileNotFoundError:
-                    pass
+                _take_over_stale_lock(lock, folder, token)
                 continue
             if waited > wait_timeout_s:
                 raise TimeoutError(
@@ -444,15 +551,14 @@ def ensure_columnar_cache(json_file: str, cache_dir: Optional[str] = None,
             time.sleep(0.5)
             continue
         try:
-            os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
             if _is_complete(folder):
                 break
-            tmp = f"{folder}.tmp-{socket.gethostname()}-{os.getpid()}"
+            tmp = f"{folder}.tmp-{host}-{pid}"
             shutil.rmtree(tmp, ignore_errors=True)
             logger.info(f"Building the columnar cache of {json_file} in {folder} (once).")
             try:
                 meta = build_columnar_cache(json_file, tmp,
-                                            heartbeat=lambda: os.utime(lock))
+                                            heartbeat=lambda: _heartbeat(lock, token))
                 try:
                     os.rename(tmp, folder)
                 except OSError:
@@ -465,11 +571,11 @@ def ensure_columnar_cache(json_file: str, cache_dir: Optional[str] = None,
             logger.info(f"Columnar cache of {json_file}: {meta['num_images']} images, "
                         f"{meta['num_annotations']} boxes in {meta['build_seconds']:.1f}s.")
         finally:
-            os.close(fd)
-            try:
-                os.remove(lock)
-            except FileNotFoundError:
-                pass
+            if _read_lock(lock) == token:  # not a lock another process has taken over since
+                try:
+                    os.remove(lock)
+                except FileNotFoundError:
+                    pass
     return folder
 
 
@@ -605,6 +711,10 @@ def load_columnar_box_dicts(name: str, json_file: str, image_root: str):
         raise catalog.DatasetValidationError(
             f"Dataset {name!r}: {json_file!r} has an annotation whose category_id is not among "
             f"its categories ({e}). Fix the annotation or add the category to the json."
+        ) from e
+    except ValueError as e:  # repeated annotation ids, "ignore", empty bbox, no category_id
+        raise catalog.DatasetValidationError(
+            f"Dataset {name!r}: {json_file!r} is not a valid COCO json: {e} Fix the json."
         ) from e
     dicts = ColumnarDatasetDicts(folder, image_root)
     json_ids, json_names = dicts.meta["category_ids"], dicts.meta["category_names"]
