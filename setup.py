@@ -5,10 +5,11 @@ Two dependencies are special:
 
 * OpenCV: ``opencv-python``, ``opencv-contrib-python`` and their ``-headless`` builds all
   provide ``cv2`` and overwrite each other. The requirement is the distribution already
-  installed (seen when the build runs in the target environment: ``--no-build-isolation``,
-  as ``scripts/setup_env.sh`` does), else ``opencv-python-headless``; ``DATASEG_OPENCV``
-  overrides it (a requirement string, or empty for none).
-* panopticapi (COCO panoptic evaluation, panoptic PNG ids; ``import dataseg`` needs it): its
+  installed (seen only when the build runs in the target environment, i.e. with
+  ``pip install --no-build-isolation``), else ``opencv-python-headless``; ``DATASEG_OPENCV``
+  overrides it (a requirement string, or empty for none). ``scripts/setup_env.sh`` sets
+  ``DATASEG_OPENCV`` itself: empty when a ``cv2`` imports already.
+* panopticapi (COCO panoptic evaluation and panoptic PNG ids, imported when first used): its
   PyPI distribution ``panopticapi-lite`` pins ``numpy<2`` in its metadata but runs on numpy
   2. Declared as a requirement, pip would downgrade numpy and OpenCV to satisfy the pin, so
   it is listed in ``NO_DEPS_REQUIREMENTS`` instead: ``scripts/setup_env.sh`` installs these

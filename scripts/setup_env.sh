@@ -63,8 +63,12 @@ ARCH="$(uname -m)"
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 
 # 1. torch: keep whatever is installed (a user's CUDA build); otherwise the pinned build.
-TORCH_VERSION="$("$PY" -c 'import torch, torchvision; print(torch.__version__)' 2>/dev/null || true)"
+TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)"
 if [[ -n "$TORCH_VERSION" ]]; then
+  # Never replace a user's torch: a torchvision pulled in here could bring another torch.
+  "$PY" -c "import torchvision" 2>/dev/null || die "torch $TORCH_VERSION is installed but \
+torchvision is not; install the torchvision build that matches it (https://pytorch.org), then \
+run the set-up again"
   log "keeping installed torch $TORCH_VERSION"
 else
   log "installing $TORCH_SPEC"

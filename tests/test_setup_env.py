@@ -114,6 +114,19 @@ def test_setup_refuses_a_python_that_does_not_run(tmp_path):
     assert "does not run" in proc.stderr
 
 
+def test_setup_keeps_a_users_torch_when_torchvision_is_missing(user_python, tmp_path,
+                                                              monkeypatch):
+    python, log = user_python
+    blocker = tmp_path / "no_torchvision"  # torch imports, torchvision does not
+    (blocker / "torchvision").mkdir(parents=True)
+    (blocker / "torchvision" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", str(blocker))
+    proc = _setup(python, tmp_path / "stamps")
+    assert proc.returncode != 0
+    assert "torchvision is not" in proc.stderr and "pytorch.org" in proc.stderr
+    assert _calls(log) == []  # nothing was installed, torch least of all
+
+
 # ---- detectron2 from the wheel's sources: visible to pip ----------------------------------
 
 def test_repacked_detectron2_is_managed_by_pip(tmp_path):
