@@ -8,8 +8,9 @@ puts it at ``objects365/annotations/o365_instance_seg_val.json`` (images in
 validates: COCO instances format; the 365 Objects365 v2 categories (ids 1..365); every
 annotation with a box and a mask (RLE or polygons) that decodes at its image's size; every
 image on disk. With ``--fix-paths`` image paths are rewritten to where the images are (as
-prepare_objects365_v2.py does) and the file is saved in place, the original kept as
-``o365_instance_seg_val.orig.json``.
+prepare_objects365_v2.py does) and, if any path changed, the file is saved in place, the
+original kept as ``o365_instance_seg_val.orig.json`` (an existing backup is never overwritten:
+it holds the file as it was before the first fix).
 """
 
 import os
@@ -30,8 +31,8 @@ LAYOUT = """input:
 EXPECTED_IMAGES = 1000
 
 
-def check(data: dict, image_root: Path, what: str, fix_paths: bool) -> list:
-    """Raise on the first hard error; returns warnings."""
+def check(data: dict, image_root: Path, what: str, fix_paths: bool):
+    """Raise on the first hard error; returns (warnings, number of image paths rewritten)."""
     mask_util = import_optional("pycocotools.mask", "pycocotools", "Decoding masks")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
@@ -43,6 +44,7 @@ def check(data: dict, image_root: Path, what: str, fix_paths: bool) -> list:
         warnings.append(f"{len(data['images'])} images; the paper's set has {EXPECTED_IMAGES}.")
     index = index_images(image_root)
     images = {}
+    fixed = 0
     for image in data["images"]:
         for key in ("id", "file_name", "height", "width"):
             if key not in image:
@@ -59,6 +61,7 @@ def check(data: dict, image_root: Path, what: str, fix_paths: bool) -> list:
                     f"{what}: image {image['file_name']!r} is at {path!r} (relative to "
                     f"{str(image_root)!r}); run again with --fix-paths to rewrite the paths.")
             image["file_name"] = path
+            fixed += 1
         images[image["id"]] = image
     ann_ids = set()
     category_ids = {c["id"] for c in data["categories"]}
@@ -93,7 +96,7 @@ def check(data: dict, image_root: Path, what: str, fix_paths: bool) -> list:
             warnings.append(f"annotation {ann['id']} has an empty mask.")
     if not data["annotations"]:
         raise PreparationError(f"{what} has no annotations.")
-    return warnings
+    return warnings, fixed
 
 
 def main(argv=None):
@@ -110,13 +113,17 @@ def main(argv=None):
                  "It is not public; see datasets/README.md for its format and location.")
     image_root = o365 / "val"
     data = read_json(path, "Objects365 instance-seg json")
-    warnings = check(data, image_root, str(path), args.fix_paths)
+    warnings, fixed = check(data, image_root, str(path), args.fix_paths)
     for w in warnings[:20]:
         print(f"warning: {w}")
-    if args.fix_paths:
-        os.replace(path, path.with_name(path.stem + ".orig.json"))
+    if fixed:
+        backup = path.with_name(path.stem + ".orig.json")
+        if not backup.exists():  # an existing one holds the file before the first fix
+            os.replace(path, backup)
         write_json(data, path)
-        print(f"rewrote image paths in {path}")
+        print(f"rewrote {fixed} image paths in {path} (original in {backup})")
+    elif args.fix_paths:
+        print(f"no image path needed fixing; {path} left as is")
     print(f"OK: {path}: {len(data['images'])} images, {len(data['annotations'])} masks, "
           f"{len(data['categories'])} categories.")
 

@@ -26,6 +26,30 @@ class PreparationError(SystemExit):
 
     def __init__(self, message: str):
         super().__init__(f"error: {message}")
+        self.message = message
+
+
+class _WorkerFailure(Exception):
+    """A ``SystemExit`` raised in a pool worker, carried to the parent as an ordinary exception.
+
+    ``multiprocessing.Pool`` only sends ``Exception``s back: a ``SystemExit`` ends the worker
+    process, its task is lost and ``imap`` waits for it forever.
+    """
+
+
+class _ExitsAsFailure:
+    """``fn`` for a pool worker: a ``SystemExit`` becomes a picklable ``_WorkerFailure``."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, item):
+        try:
+            return self.fn(item)
+        except PreparationError as e:
+            raise _WorkerFailure(e.message) from None
+        except SystemExit as e:
+            raise _WorkerFailure(f"a worker exited with {e.code!r} on {item!r}.") from None
 
 
 def dataset_root() -> Path:
@@ -140,9 +164,12 @@ def run_parallel(fn: Callable, items: Sequence, workers: int, what: str) -> list
             report(i)
         return results
     with Pool(workers) as pool:
-        for i, result in enumerate(pool.imap(fn, items, chunksize=16)):
-            results.append(result)
-            report(i)
+        try:
+            for i, result in enumerate(pool.imap(_ExitsAsFailure(fn), items, chunksize=16)):
+                results.append(result)
+                report(i)
+        except _WorkerFailure as e:
+            raise PreparationError(e.args[0]) from None
     return results
 
 

@@ -206,6 +206,39 @@ def test_ade20k_instance_class_mix_is_an_error(tmp_path):
         run(tmp_path, "prepare_ade20k_pan_seg", "--splits", "val", "--workers", "1")
 
 
+def test_error_in_a_worker_fails_the_run_instead_of_hanging(tmp_path):
+    # A PreparationError (a SystemExit) raised in a pool worker used to end the worker and
+    # leave Pool.imap waiting forever; the run must stop with the message and status 1.
+    ade = write_ade(tmp_path)
+    bad = ade / "annotations" / "training" / "ADE_train_00000002.png"
+    write_png(bad, ADE_SEM[:3, :4])
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path))
+    out = subprocess.run([sys.executable, str(SCRIPTS / "prepare_ade20k_pan_seg.py"),
+                          "--splits", "train", "--workers", "2"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    message = f"error: label map {str(bad)!r} is 4x3, its image 8x6 (WxH)."
+    assert out.stderr.strip().splitlines()[-1] == message, out.stderr
+    assert out.stderr.count("error:") == 1 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_run_parallel_reraises_a_worker_preparation_error():
+    from prep_common import PreparationError, run_parallel
+
+    with pytest.raises(PreparationError) as raised:
+        run_parallel(_fails_on_three, [1, 2, 3, 4], workers=2, what="test")
+    assert raised.value.code == "error: item 3 is bad." and raised.value.message == "item 3 is bad."
+    assert run_parallel(_fails_on_three, [1, 2], workers=2, what="test") == [2, 4]
+
+
+def _fails_on_three(x):
+    from prep_common import PreparationError
+
+    if x == 3:
+        raise PreparationError(f"item {x} is bad.")
+    return 2 * x
+
+
 def test_missing_download_names_path_and_fix(tmp_path):
     (tmp_path / "ADEChallengeData2016" / "images" / "validation").mkdir(parents=True)
     (tmp_path / "ADEChallengeData2016" / "annotations" / "validation").mkdir(parents=True)
@@ -449,3 +482,31 @@ def test_instance_seg_val_checker_errors_and_fix_paths(tmp_path):
     assert json.loads(path.with_name("o365_instance_seg_val.orig.json").read_text())[
         "images"][0]["file_name"] == "objects365_v1_00000001.jpg"
     run(tmp_path, "check_o365_instance_seg_val")  # passes as is now
+
+
+def test_instance_seg_val_fix_paths_keeps_the_first_backup(tmp_path):
+    o365 = write_o365_val(tmp_path)
+    path = write_instance_seg_val(o365, "objects365_v1_00000001.jpg")
+    original = path.read_text()
+    backup = path.with_name("o365_instance_seg_val.orig.json")
+    run(tmp_path, "check_o365_instance_seg_val", "--fix-paths")
+    fixed = path.read_text()
+    assert backup.read_text() == original and fixed != original
+    run(tmp_path, "check_o365_instance_seg_val", "--fix-paths")  # nothing left to fix
+    assert backup.read_text() == original and path.read_text() == fixed
+    # A backup already there is never overwritten, even when the file needs fixing again.
+    path.write_text(original.replace('"width"', ' "width"'))
+    run(tmp_path, "check_o365_instance_seg_val", "--fix-paths")
+    assert backup.read_text() == original
+    assert json.loads(path.read_text())["images"][0]["file_name"] == \
+        "images/v1/patch0/objects365_v1_00000001.jpg"
+
+
+def test_instance_seg_val_fix_paths_leaves_a_correct_file_untouched(tmp_path, capsys):
+    o365 = write_o365_val(tmp_path)
+    path = write_instance_seg_val(o365, "images/v1/patch0/objects365_v1_00000001.jpg")
+    before, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    run(tmp_path, "check_o365_instance_seg_val", "--fix-paths")
+    assert "left as is" in capsys.readouterr().out
+    assert path.read_bytes() == before and path.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in path.parent.iterdir()) == ["o365_instance_seg_val.json"]
