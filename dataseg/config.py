@@ -19,9 +19,17 @@ __all__ = [
     "add_dataseg_config",
     "check_dataseg_config",
     "check_sampling_ratios",
+    "default_vocabulary_name",
     "merge_dataseg_config_file",
     "DATASEG_META_ARCHITECTURE",
 ]
+
+
+def default_vocabulary_name(cfg) -> str:
+    """Vocabulary for inputs without a ``dataset_name``: ``MODEL.DATASEG.TEST.DEFAULT_VOCABULARY``,
+    else ``DATASETS.TEST[0]``, else "" (none)."""
+    return cfg.MODEL.DATASEG.TEST.DEFAULT_VOCABULARY or (
+        cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "")
 
 
 def add_dataseg_config(cfg):

@@ -11,7 +11,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.atomic_file import atomic_write as _atomic_write
 
-__all__ = ["DaTaSegCheckpointer", "TEXT_INFO_KEY"]
+__all__ = ["DaTaSegCheckpointer", "TEXT_INFO_KEY", "local_weights_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,14 @@ class DaTaSegCheckpointer(DetectionCheckpointer):
                 f"configured with {expected['encoder']} (same width {dim}); class predictions "
                 "will be meaningless until the classifier is fine-tuned."
             )
+
+
+def local_weights_file(weights: str) -> Optional[str]:
+    """The local file a ``MODEL.WEIGHTS`` value names (its ``?query`` stripped), or None for a
+    URL (``detectron2://``, ``https://``, ...) that only the checkpointer can resolve."""
+    if not weights or "://" in weights:
+        return None
+    return weights.split("?", 1)[0]
 
 
 def _upgrade_class_head_keys(state: Dict[str, Any]) -> None:

@@ -16,13 +16,15 @@ from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
+from ..config import default_vocabulary_name
 from ..data.mappers.base import test_image_size
+from ..modeling.meta_arch import DaTaSeg
 from ..tasks import TASKS, get_task
 from ..text.vocabulary import normalize_class_name
 from ..utils.visualizer import visualization_metadata
-from .checkpoint import DaTaSegCheckpointer
+from .checkpoint import DaTaSegCheckpointer, local_weights_file
 
-__all__ = ["DaTaSegPredictor", "default_vocabulary_name", "task_outputs"]
+__all__ = ["DaTaSegPredictor", "task_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +43,10 @@ def task_outputs(tasks: Sequence[str]) -> tuple:
     return tuple(outputs)
 
 
-def default_vocabulary_name(cfg) -> str:
-    """``MODEL.DATASEG.TEST.DEFAULT_VOCABULARY``, else ``DATASETS.TEST[0]``, else ""."""
-    return cfg.MODEL.DATASEG.TEST.DEFAULT_VOCABULARY or (
-        cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "")
-
-
 def _registered(name: str):
-    if name in MetadataCatalog.list():
-        meta = MetadataCatalog.get(name)
-        if meta.get("dataseg_classes", None) is not None:
-            return meta
+    meta = DaTaSeg.registered_metadata(name)
+    if meta is not None:
+        return meta
     registered = sorted(n for n in MetadataCatalog.list()
                         if MetadataCatalog.get(n).get("dataseg_classes", None) is not None)
     raise ValueError(
@@ -122,8 +117,9 @@ class DaTaSegPredictor(DefaultPredictor):
             logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised "
                            "model.")
         else:
-            if "://" not in weights and not os.path.isfile(weights):
-                raise FileNotFoundError(f"MODEL.WEIGHTS file {weights!r} does not exist.")
+            local = local_weights_file(weights)
+            if local is not None and not os.path.isfile(local):
+                raise FileNotFoundError(f"MODEL.WEIGHTS file {local!r} does not exist.")
             DaTaSegCheckpointer(
                 self.model, min_backbone_fraction=cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
             ).load(weights)
@@ -142,7 +138,10 @@ class DaTaSegPredictor(DefaultPredictor):
         for t in tasks:
             if t not in TASKS:
                 raise ValueError(f"Unknown task {t!r}; DaTaSeg's tasks are {list(TASKS)}.")
-        extra = [str(c).strip() for c in (classes or []) if str(c).strip()]
+        extra = []  # given names, without empties and repeats (as the text encoder sees them)
+        for c in (str(c).strip() for c in (classes or [])):
+            if c and normalize_class_name(c) not in {normalize_class_name(e) for e in extra}:
+                extra.append(c)
         if vocabulary is None and not extra:
             vocabulary = default_vocabulary_name(self.cfg)
             if not vocabulary:

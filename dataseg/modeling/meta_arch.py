@@ -12,6 +12,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import BitMasks, ImageList, PolygonMasks
 from detectron2.utils.events import get_event_storage
 
+from ..config import default_vocabulary_name
 from ..tasks import TASKS, get_task
 from .criterion import CriterionContext, build_criterion
 from .pixel_decoder import build_pixel_decoder
@@ -124,8 +125,7 @@ class DaTaSeg(nn.Module):
             "panoptic_merge_stuff": d.TEST.PANOPTIC_MERGE_STUFF,
             "instances_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "cpu_pointwise_gemm": d.CPU_POINTWISE_GEMM,
-            "default_vocabulary": d.TEST.DEFAULT_VOCABULARY or (
-                cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else ""),
+            "default_vocabulary": default_vocabulary_name(cfg),
         }
 
     @property
@@ -148,7 +148,7 @@ class DaTaSeg(nn.Module):
                 without a thing/stuff split, or unknown test outputs.
         """
         class_names = list(class_names)
-        meta = self._registered_metadata(name)
+        meta = self.registered_metadata(name)
         if meta is not None:
             task = task or meta.get("dataseg_task")
             if isthing is None and len(meta.get("dataseg_isthing", [])) == len(class_names):
@@ -161,7 +161,8 @@ class DaTaSeg(nn.Module):
         self.classifier.set_vocabulary(name, class_names)
 
     @staticmethod
-    def _registered_metadata(name: str):
+    def registered_metadata(name: str):
+        """The metadata of ``name`` when it is a dataset registered with DaTaSeg keys, else None."""
         if name in MetadataCatalog.list():
             meta = MetadataCatalog.get(name)
             if meta.get("dataseg_classes", None) is not None:
@@ -198,7 +199,7 @@ class DaTaSeg(nn.Module):
         """Task, vocabulary, thing flags and test outputs the model uses for ``name``."""
         if name in self._custom_vocabularies:
             return self._custom_vocabularies[name]
-        meta = self._registered_metadata(name)
+        meta = self.registered_metadata(name)
         if meta is None:
             raise ValueError(
                 f"Dataset {name!r} has no DaTaSeg metadata: register it with "

@@ -48,6 +48,7 @@ from PIL import Image
 import dataseg  # noqa: F401  (registers DaTaSeg)
 from dataseg.data.panoptic_png import segment_ids_to_rgb
 from dataseg.engine import DaTaSegPredictor, get_dataseg_cfg
+from dataseg.engine.checkpoint import local_weights_file
 from dataseg.text import match_class_names, normalize_class_name, parse_classes
 from dataseg.utils import draw_predictions
 from dataseg.utils.malloc import tune_malloc
@@ -233,8 +234,9 @@ def check_weights(cfg):
         raise SystemExit(
             "The demo needs trained weights: add `MODEL.WEIGHTS path/to/model_final.pth` "
             "(e.g. output/quickstart/model_final.pth written by `make train`).")
-    if "://" not in cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
-        raise SystemExit(f"MODEL.WEIGHTS file {cfg.MODEL.WEIGHTS!r} does not exist.")
+    local = local_weights_file(cfg.MODEL.WEIGHTS)
+    if local is not None and not os.path.isfile(local):
+        raise SystemExit(f"MODEL.WEIGHTS file {local!r} does not exist.")
 
 
 # ---- what a prediction holds ----------------------------------------------------------------
@@ -447,24 +449,8 @@ def video_outputs(args):
     return {task: os.path.join(args.output, f"{stem}_{task}.mp4") for task in args.task}
 
 
-def run_video(args, cfg, predictor):
-    video = cv2.VideoCapture(args.video_input)
-    if not video.isOpened():
-        raise SystemExit(f"--video-input {args.video_input!r} cannot be opened as a video")
-    fps = video.get(cv2.CAP_PROP_FPS) or 25.0
-    width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
-    height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    paths = video_outputs(args)
-    writers = {}
-    for task, path in paths.items():
-        if path is None:
-            continue
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[os.path.splitext(path)[1].lower()])
-        writer = cv2.VideoWriter(path, fourcc, float(fps), (width, height), True)
-        if not writer.isOpened():
-            raise SystemExit(f"OpenCV cannot write {path!r}; try a .avi or .mp4 --output")
-        writers[task] = writer
+def _annotate_frames(args, predictor, video, writers):
+    """Predict every frame, print its summary and write its drawings; (frames, empty counts)."""
     # One VideoVisualizer per task: it keeps instance colours stable from frame to frame.
     visualizers = {task: VideoVisualizer(predictor.metadata, ColorMode.IMAGE)
                    for task in args.task}
@@ -488,9 +474,34 @@ def run_video(args, cfg, predictor):
                 writers[task].write(np.ascontiguousarray(drawing[:, :, ::-1]))
         print(f"frame {frames}: " + "; ".join(summary), flush=True)
         frames += 1
-    video.release()
-    for writer in writers.values():
-        writer.release()
+    return frames, empty
+
+
+def run_video(args, cfg, predictor):
+    video = cv2.VideoCapture(args.video_input)
+    if not video.isOpened():
+        raise SystemExit(f"--video-input {args.video_input!r} cannot be opened as a video")
+    fps = video.get(cv2.CAP_PROP_FPS) or 25.0
+    width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    paths = video_outputs(args)
+    writers = {}
+    # Released on every exit (an error, Ctrl-C): an unreleased writer leaves an unplayable file.
+    try:
+        for task, path in paths.items():
+            if path is None:
+                continue
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[os.path.splitext(path)[1].lower()])
+            writer = cv2.VideoWriter(path, fourcc, float(fps), (width, height), True)
+            if not writer.isOpened():
+                raise SystemExit(f"OpenCV cannot write {path!r}; try a .avi or .mp4 --output")
+            writers[task] = writer
+        frames, empty = _annotate_frames(args, predictor, video, writers)
+    finally:
+        video.release()
+        for writer in writers.values():
+            writer.release()
     if not frames:
         raise SystemExit(f"--video-input {args.video_input!r} holds no readable frame")
     for task in args.task:
