@@ -155,6 +155,11 @@ def test_coco_unknown_category(tmp_path, synthetic_root):
     with pytest.raises(DatasetValidationError, match="42"):
         DatasetCatalog.get("t_cat_bad_coco")
 
+    del info["annotations"][0]["category_id"]
+    bad.write_text(json.dumps(info))
+    with pytest.raises(DatasetValidationError, match="an annotation without a category_id"):
+        DatasetCatalog.get("t_cat_bad_coco")
+
 
 def test_box_dataset_drops_masks_for_training(synthetic_datasets):
     dicts = DatasetCatalog.get(synthetic_datasets["box_train"])

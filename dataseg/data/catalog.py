@@ -501,6 +501,11 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
             "probably truncated or was only partly downloaded. Download or extract it again."
         ) from e
     except KeyError as e:
+        if e.args == ("category_id",):
+            raise DatasetValidationError(
+                f"Dataset {name!r}: {json_file!r} has an annotation without a category_id. "
+                "Give every annotation the id of one of the json's categories."
+            ) from e
         raise DatasetValidationError(
             f"Dataset {name!r}: {json_file!r} has an annotation whose category_id is not among "
             f"its categories ({e}). Fix the annotation or add the category to the json."
