@@ -101,20 +101,22 @@ def prepare_train_vocabularies(model, dataset_names: Sequence[str],
                 validate_class_names(classes)
             except ValueError as e:
                 raise ValueError(f"Test dataset {name!r}: {e}") from e
+    vocabularies = {}  # name -> classes, training datasets first
     for name in dataset_names:
         info = model.dataset_info(name)  # raises on a missing/unknown task
         try:
             classes = validate_class_names(info["classes"])
         except ValueError as e:
             raise ValueError(f"Training dataset {name!r}: {e}") from e
+        vocabularies[name] = classes
+    for name in test_dataset_names:
+        if name not in vocabularies and \
+                MetadataCatalog.get(name).get("dataseg_classes", None) is not None:
+            vocabularies[name] = model.dataset_info(name)["classes"]
+    for name, classes in vocabularies.items():
         if not model.classifier.has_vocabulary(name):
             model.classifier.set_vocabulary(name, classes)
-    test_names = [n for n in test_dataset_names if n not in dataset_names
-                  and MetadataCatalog.get(n).get("dataseg_classes", None) is not None]
-    for name in test_names:
-        if not model.classifier.has_vocabulary(name):
-            model.classifier.set_vocabulary(name, model.dataset_info(name)["classes"])
-    logger.info(f"Embedded the vocabularies of {list(dataset_names) + test_names}.")
+    logger.info(f"Embedded the vocabularies of {list(vocabularies)}.")
     provider = getattr(model.classifier, "embedding_provider", None)
     if provider is not None and hasattr(provider, "release_encoder"):
         provider.release_encoder()
