@@ -1,20 +1,11 @@
-"""Pixel decoder, query decoder and post-processing in isolation."""
+"""Pixel decoder and query decoder in isolation."""
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from detectron2.layers import ShapeSpec
-from detectron2.structures import BitMasks
 
 from dataseg.modeling.pixel_decoder import MSDeformAttnPixelDecoder
-from dataseg.modeling.postprocessing import (
-    instance_inference,
-    masks_to_boxes,
-    panoptic_inference,
-    resize_to_original,
-    semantic_inference,
-)
 from dataseg.modeling.transformer_decoder import MaskedAttentionDecoder
 
 SHAPES = {f"res{i}": ShapeSpec(channels=8 * 2 ** i, stride=2 ** i) for i in range(2, 6)}
@@ -103,68 +94,24 @@ def test_head_shared_attention_equals_multihead_attention(with_mask):
         torch.testing.assert_close(a, b)
 
 
-def test_resize_to_original_matches_two_step_resize():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 16, 16, generator=g)  # mask resolution of a 64x64 padded image
-    image_size, out_size = (50, 60), (100, 120)
-    two_step = F.interpolate(x[None], size=(64, 64), mode="bilinear", align_corners=False)
-    two_step = F.interpolate(two_step[..., :50, :60], size=out_size, mode="bilinear",
-                             align_corners=False)[0]
-    one_step = resize_to_original(x, 4, image_size, out_size)
-    assert one_step.shape == (3, 100, 120)
-    # Same geometry; the single interpolation is only smoother than the two-step chain.
-    assert (one_step - two_step).abs().mean() < 0.05
+def test_encoder_initialisation_is_mask2formers():
+    """Xavier-uniform on every matrix of the encoder (the FFN's too), then the deformable
+    attention's own reset (zero offset and attention-weight matrices)."""
+    from dataseg.modeling.pixel_decoder.deformable_encoder import (
+        DeformableEncoder,
+        DeformableEncoderLayer,
+    )
 
-
-def test_masks_to_boxes_matches_detectron2():
-    g = torch.Generator().manual_seed(0)
-    masks = torch.rand(6, 20, 30, generator=g) > 0.97
-    masks[0] = False
-    torch.testing.assert_close(masks_to_boxes(masks), BitMasks(masks).get_bounding_boxes().tensor)
-
-
-def test_panoptic_merges_stuff_and_keeps_things_apart():
-    # Q=4 queries, C=3 classes (thing, thing, stuff) + background.
-    logits = torch.full((4, 4), -10.0)
-    logits[0, 2] = logits[1, 2] = 10.0  # two stuff queries of class 2
-    logits[2, 0] = logits[3, 0] = 10.0  # two thing queries of class 0
-    masks = torch.full((4, 8, 8), -10.0)
-    masks[0, :4, :4] = masks[1, :4, 4:] = 10.0
-    masks[2, 4:, :4] = masks[3, 4:, 4:] = 10.0
-    pan, info = panoptic_inference(logits, masks, 4, (32, 32), (32, 32),
-                                   [True, True, False], 0.8, 0.8)
-    stuff = [s for s in info if not s["isthing"]]
-    things = [s for s in info if s["isthing"]]
-    assert len(stuff) == 1 and len(things) == 2
-    # Away from the blurred mask borders: one stuff id on top, two thing ids below.
-    assert (pan[:14] == stuff[0]["id"]).all()
-    assert set(pan[18:].unique().tolist()) == {s["id"] for s in things}
-
-
-def test_semantic_and_instance_outputs():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(6, 4, generator=g)
-    masks = torch.randn(6, 8, 8, generator=g) * 5
-    sem = semantic_inference(logits, masks, 4, (30, 32), (60, 64))
-    assert sem.shape == (3, 60, 64) and sem.min() >= 0 and sem.sum(0).max() <= 6
-    inst = instance_inference(logits, masks, 4, (30, 32), (60, 64), [True] * 3, 10)
-    assert len(inst) == 10 and inst.pred_masks.shape == (10, 60, 64)
-    torch.testing.assert_close(inst.pred_boxes.tensor, masks_to_boxes(inst.pred_masks))
-    assert (inst.scores[:-1] >= 0).all() and (inst.scores <= 1).all()
-
-
-def test_panoptic_merge_stuff_judges_the_class_segment_not_each_query():
-    # Two queries of stuff class 0 on one 8 x 8 region: q0 claims all of it, q1 (more
-    # confident) the right half. Per query, q0 keeps half of its own area (< 0.8) and is
-    # dropped: the left half becomes void. As one merged segment, the class keeps it all.
-    logits = torch.full((2, 2), -10.0)
-    logits[0, 0], logits[1, 0] = 4.0, 10.0
-    masks = torch.full((2, 8, 8), -10.0)
-    masks[0] = 10.0
-    masks[1, :, 4:] = 12.0
-    masks[1, :, :4] = -12.0
-    per_query, _ = panoptic_inference(logits, masks, 4, (32, 32), (32, 32), [False], 0.8, 0.8)
-    merged, info = panoptic_inference(logits, masks, 4, (32, 32), (32, 32), [False], 0.8, 0.8,
-                                      merge_stuff=True)
-    assert (per_query[:, :12] == 0).all() and (per_query[:, 20:] > 0).all()
-    assert len(info) == 1 and (merged == info[0]["id"]).all()
+    torch.manual_seed(0)
+    encoder = DeformableEncoder(DeformableEncoderLayer(d_model=64, dim_feedforward=256), 2)
+    for layer in encoder.layers:
+        for linear in (layer.linear1, layer.linear2, layer.self_attn.value_proj):
+            fan_out, fan_in = linear.weight.shape
+            bound = (6.0 / (fan_in + fan_out)) ** 0.5
+            w = linear.weight
+            # Uniform(-b, b): inside the bound and with its standard deviation b / sqrt(3)
+            # (nn.Linear's default would give sqrt(1 / (3 fan_in)): 2x smaller for linear2).
+            assert w.abs().max() <= bound
+            torch.testing.assert_close(w.std().item(), bound / 3 ** 0.5, rtol=0.05, atol=0)
+        assert not layer.self_attn.sampling_offsets.weight.any()
+        assert not layer.self_attn.attention_weights.weight.any()

@@ -1,12 +1,19 @@
 """Per-task inference: turn (class logits, mask logits) of one image into detectron2 outputs.
 
 Every function takes ONE image's predictions at mask resolution (stride 4 of the padded
-batch) and returns results at the original ``height x width``. Work that is linear in the
-masks (semantic scores) is done at mask resolution and upsampled once; decisions that need
-sharp boundaries (panoptic pixel assignment, instance binarisation and boxes) upsample only
-the masks they keep.
+batch) and returns results at the requested ``height x width``, computing what Mask2Former's
+``MaskFormer`` inference computes from the same logits (tested against a reference written
+from its published formulas, at output sizes other than the network input):
+
+1. mask LOGITS are upsampled to the padded input, cropped to the unpadded input and resized to
+   the output size (:func:`resize_to_original`); every decision below works on these;
+2. semantic: ``sum_q softmax(class)_q[c] * sigmoid(mask_q)``;
+3. panoptic: MaskFormer's per-pixel competition of the confident queries, one id per stuff
+   class; DaTaSeg's MERGE at inference (``merge_stuff``) is an addition on top of it;
+4. instances: the top-k (query, class) pairs over ALL classes, then stuff pairs are dropped.
 """
 
+import math
 from typing import List, Sequence, Tuple
 
 import torch
@@ -28,57 +35,61 @@ TEST_OUTPUTS = ("sem_seg", "panoptic_seg", "instances")
 
 def resize_to_original(x: torch.Tensor, stride: int, image_size: Tuple[int, int],
                        out_size: Tuple[int, int]) -> torch.Tensor:
-    """Map stride-``stride`` maps of a padded image to the original image size.
+    """Map stride-``stride`` maps of a padded image to the requested output size.
 
-    Equivalent to "upsample to the padded input, crop the padding to ``image_size``, resize
-    to ``out_size``", done as ONE bilinear interpolation whose scale maps output pixels
-    straight to mask-resolution coordinates, then a crop.
+    Mask2Former's chain: bilinear upsampling (``align_corners=False``) to the padded input,
+    crop to ``image_size``, bilinear resize to ``out_size`` (detectron2's
+    ``sem_seg_postprocess``). Apply it to LOGITS: interpolation does not commute with the
+    sigmoid.
 
     Args:
-        x: (N, h, w) or (N, C, h, w) maps at the padded mask resolution.
+        x: (N, h, w) or (N, C, h, w) maps at the padded mask resolution (padded input / stride).
         stride: input pixels per map pixel.
         image_size: (h, w) of the unpadded network input.
         out_size: (height, width) wanted.
+
+    Returns:
+        (N, height, width) or (N, C, height, width), ``x``'s dtype.
     """
     squeeze = x.dim() == 3
     if squeeze:
         x = x[None]
-    height, width = out_size
-    scale_y = stride * height / image_size[0]
-    scale_x = stride * width / image_size[1]
-    # Only the rows/cols that map inside the unpadded image are interpolated.
-    need_h = min(x.shape[-2], int(image_size[0] / stride) + 2)
-    need_w = min(x.shape[-1], int(image_size[1] / stride) + 2)
-    x = x[..., :need_h, :need_w]
-    y = F.interpolate(x, scale_factor=(scale_y, scale_x), mode="bilinear",
-                      align_corners=False, recompute_scale_factor=False)
-    y = y[..., :height, :width]
-    if y.shape[-2] < height or y.shape[-1] < width:  # float rounding of the output size
-        y = F.pad(y, (0, width - y.shape[-1], 0, height - y.shape[-2]), mode="replicate")
+    # An upsampled pixel reads the two map rows (cols) nearest to it, so the rows past the
+    # unpadded image are never read for pixels inside it: upsampling only the rows that reach
+    # inside gives the same values as upsampling the whole padded map, then cropping.
+    need_h = min(x.shape[-2], math.ceil(image_size[0] / stride) + 1)
+    need_w = min(x.shape[-1], math.ceil(image_size[1] / stride) + 1)
+    y = F.interpolate(x[..., :need_h, :need_w], size=(need_h * stride, need_w * stride),
+                      mode="bilinear", align_corners=False)
+    y = y[..., : image_size[0], : image_size[1]]
+    if tuple(out_size) != tuple(image_size):  # a same-size bilinear resize is the identity
+        y = F.interpolate(y, size=tuple(out_size), mode="bilinear", align_corners=False)
     return y[0] if squeeze else y
 
 
 def semantic_inference(cls_logits, mask_logits, stride, image_size, out_size):
-    """(C, height, width) scores: sum_q softmax(class)_q[c] * sigmoid(mask_q).
+    """(C, height, width) scores: sum_q softmax(class)_q[c] * sigmoid(resized mask logits_q).
 
     Args:
         cls_logits: (Q, C+1), background last.
         mask_logits: (Q, h, w) at mask resolution.
+        stride, image_size, out_size: see :func:`resize_to_original`.
     """
     probs = F.softmax(cls_logits, dim=-1)[:, :-1]
-    scores = torch.einsum("qc,qhw->chw", probs, mask_logits.sigmoid())
-    return resize_to_original(scores, stride, image_size, out_size)
+    masks = resize_to_original(mask_logits, stride, image_size, out_size).sigmoid_()
+    return torch.einsum("qc,qhw->chw", probs, masks)
 
 
 def panoptic_inference(cls_logits, mask_logits, stride, image_size, out_size,
                        is_thing: Sequence[bool], object_mask_threshold: float,
                        overlap_threshold: float, merge_stuff: bool = False):
-    """MaskFormer-style panoptic merge.
+    """MaskFormer's panoptic merge on the resized mask logits.
 
     Queries whose best class is not background and scores above ``object_mask_threshold``
     compete per pixel by score x mask probability; a segment survives if it keeps at least
     ``overlap_threshold`` of its own (prob >= 0.5) area and is non-empty; all segments of
-    one stuff class share one id.
+    one stuff class share one id. With ``merge_stuff`` off this is Mask2Former's
+    ``panoptic_inference``.
 
     ``merge_stuff`` applies the panoptic MERGE at inference as in training: the queries of
     one stuff class are one segment, whose own area is the union of theirs, so the overlap
@@ -181,19 +192,29 @@ def instance_inference(cls_logits, mask_logits, stride, image_size, out_size,
                        is_thing: Sequence[bool], instances_per_image: int) -> Instances:
     """Top-k (query, class) pairs as detectron2 ``Instances`` with masks and real boxes.
 
-    Score = class probability x mean mask probability inside the binarised mask. Only thing
-    classes are ranked (for panoptic vocabularies, stuff is not an instance).
+    As Mask2Former: the ``instances_per_image`` best (query, class) pairs by class probability
+    over ALL classes, then pairs of stuff classes are dropped (for a panoptic vocabulary fewer
+    than k remain); mask = resized logits > 0; score = class probability x mean mask
+    probability inside the mask. Boxes are the masks' tight boxes (as detectron2's
+    ``BitMasks.get_bounding_boxes``; Mask2Former leaves them zero), so box AP is meaningful.
+
+    Args:
+        cls_logits: (Q, C+1), background last.
+        mask_logits: (Q, h, w) at mask resolution.
+        stride, image_size, out_size: see :func:`resize_to_original`.
+        is_thing: C flags; pairs of classes whose flag is False are dropped.
+        instances_per_image: k.
     """
     height, width = out_size
     probs = F.softmax(cls_logits, dim=-1)[:, :-1]  # (Q, C)
-    num_queries, num_classes = probs.shape
-    thing = torch.as_tensor(list(is_thing), dtype=torch.bool, device=probs.device)
-    if not thing.all():
-        probs = probs.masked_fill(~thing[None, :], -1.0)
-    k = min(instances_per_image, int(thing.sum()) * num_queries)
-    top_scores, top_idx = probs.flatten().topk(k, sorted=True)
+    num_classes = probs.shape[1]
+    top_scores, top_idx = probs.flatten().topk(min(instances_per_image, probs.numel()),
+                                               sorted=True)
     query_idx = torch.div(top_idx, num_classes, rounding_mode="floor")
     classes = top_idx % num_classes
+    thing = torch.as_tensor(list(is_thing), dtype=torch.bool, device=probs.device)
+    keep = thing[classes]
+    top_scores, query_idx, classes = top_scores[keep], query_idx[keep], classes[keep]
     # Upsample each selected query once even if it is paired with several classes, in
     # chunks: full-resolution float masks of all queries are the largest temporaries of
     # inference, and chunks small enough for the allocator to reuse avoid page faults.

@@ -69,6 +69,17 @@ class DeformableEncoder(nn.Module):
     def __init__(self, layer: DeformableEncoderLayer, num_layers: int):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Mask2Former's encoder initialisation: Xavier-uniform for every parameter with more
+        than one dimension (the FFN's included), then the deformable attention's own reset."""
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MSDeformAttn):
+                m.reset_parameters()
 
     @staticmethod
     def reference_points(shapes: List[Tuple[int, int]], batch: int, device, dtype):
