@@ -11,7 +11,7 @@ import importlib.util
 import json
 import os
 from multiprocessing import Pool
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable, Iterable, List, Sequence
 
 import numpy as np
@@ -81,6 +81,28 @@ def require_file(path: Path, what: str, how: str = "") -> Path:
     if not path.is_file():
         raise PreparationError(f"{what} not found at {str(path)!r}. {how}".rstrip())
     return path
+
+
+def relative_entry(entry: str, where: str) -> str:
+    """``entry``, a file name read from a list or a json, once it is known to stay inside the
+    folder it is joined to.
+
+    The scripts join such names to their input and output folders: an absolute path, a drive
+    or a ``..`` component would read or write outside ``$DETECTRON2_DATASETS``.
+
+    Args:
+        entry: the name as read.
+        where: where it was read, for the message (``"'val.txt', line 3"``).
+    """
+    parts = PurePosixPath(entry.replace("\\", "/")).parts
+    if (not entry.strip() or entry.startswith(("/", "\\")) or PureWindowsPath(entry).drive
+            or ".." in parts):
+        raise PreparationError(
+            f"{where}: the entry {entry!r} is not a relative path inside the dataset folder "
+            "(it is empty, absolute or contains '..'), so the script would read or write "
+            "outside $DETECTRON2_DATASETS. Replace it with the plain file name the original "
+            "download has, or restore the file from the download.")
+    return entry
 
 
 def import_optional(module: str, pip_name: str, purpose: str):

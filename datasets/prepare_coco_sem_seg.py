@@ -16,8 +16,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dataseg.data.panoptic_png import rgb_to_segment_ids  # noqa: E402
 from prep_common import (  # noqa: E402
-    PreparationError, dataset_root, make_parser, read_json, require_dir, require_file,
-    run_parallel,
+    PreparationError, dataset_root, make_parser, read_json, relative_entry, require_dir,
+    require_file, run_parallel,
 )
 
 LAYOUT = """input (https://cocodataset.org/#download: panoptic_annotations_trainval2017.zip, then
@@ -63,6 +63,9 @@ def main(argv=None):
         if unknown:
             raise PreparationError(f"{str(json_file)!r} has category ids {unknown} that are not "
                                    "among COCO panoptic's 133 categories.")
+        for ann in info["annotations"]:  # joined to the PNG folder; checked before any write
+            relative_entry(ann["file_name"], f"{str(json_file)!r}, annotation of image_id "
+                           f"{ann.get('image_id')!r}")
         out_dir = coco / f"panoptic_semseg_{split}2017"
         out_dir.mkdir(parents=True, exist_ok=True)
         run_parallel(functools.partial(convert_annotation, png_dir=png_dir, out_dir=out_dir,

@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prep_common import (  # noqa: E402
-    PreparationError, dataset_root, import_optional, make_parser, require_dir, require_file,
-    run_parallel, vocabulary,
+    PreparationError, dataset_root, import_optional, make_parser, relative_entry, require_dir,
+    require_file, run_parallel, vocabulary,
 )
 
 LAYOUT = """input (VOCtrainval_03-May-2010.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2010/,
@@ -89,7 +89,10 @@ def main(argv=None):
     for split in args.splits:
         folder = SPLITS[split]
         listing = require_file(voc / "ImageSets" / "Main" / f"{split}.txt", "VOC2010 split list")
-        stems = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        # Checked before anything is written: a stem is joined to the output folders.
+        stems = [relative_entry(line.strip(), f"split list {str(listing)!r}, line {n}")
+                 for n, line in enumerate(listing.read_text().splitlines(), start=1)
+                 if line.strip()]
         for sub in ("images", "annotations_ctx59", "annotations_ctx459"):
             (out / sub / folder).mkdir(parents=True, exist_ok=True)
         run_parallel(functools.partial(convert_image, voc=voc, out=out, folder=folder,

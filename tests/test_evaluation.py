@@ -103,7 +103,7 @@ def test_several_test_datasets_and_registry(synthetic_datasets, dataseg_cfg, tmp
     for short in ("panoptic_val", "semantic_val", "instance_val", "box_val"):
         ev = build_dataseg_evaluator(dataseg_cfg, synthetic_datasets[short])
         kinds |= {type(e).__name__ for e in ev._evaluators}
-    assert kinds == {"COCOPanopticEvaluator", "SemSegEvaluator", "DaTaSegCOCOEvaluator"}
+    assert kinds == {"DaTaSegCOCOPanopticEvaluator", "SemSegEvaluator", "DaTaSegCOCOEvaluator"}
     assert {"coco_panoptic_seg", "sem_seg", "coco", "cityscapes_sem_seg"} <= set(
         EVALUATOR_REGISTRY)
 

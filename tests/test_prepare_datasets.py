@@ -331,6 +331,46 @@ def test_pascal_context_59_and_459_and_load(tmp_path, builtin_at):
     assert meta.stuff_classes[0] == "aeroplane" and meta.stuff_classes[58] == "wood"
 
 
+@pytest.mark.parametrize("entry", ["../../../../escaped", "ABSOLUTE", "a/../../../../../escaped"])
+def test_pascal_context_split_entry_outside_the_root_is_refused(tmp_path, entry):
+    from scipy.io import savemat
+
+    entry = str(tmp_path / "escaped") if entry == "ABSOLUTE" else entry
+    root = tmp_path / "root"
+    voc = root / "VOCdevkit" / "VOC2010"
+    write_jpg(voc / "JPEGImages" / "2008_000002.jpg")
+    (voc / "trainval").mkdir()
+    savemat(str(voc / "trainval" / "2008_000002.mat"),
+            {"LabelMap": np.zeros((H, W), dtype=np.uint16)})
+    # The files the bad entry points to exist: the script used to convert them and write
+    # tmp_path/escaped.{tif,png}, outside $DETECTRON2_DATASETS.
+    write_jpg(tmp_path / "escaped.jpg")
+    savemat(str(tmp_path / "escaped.mat"), {"LabelMap": np.zeros((H, W), dtype=np.uint16)})
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    listing = voc / "ImageSets" / "Main" / "val.txt"
+    listing.write_text(f"2008_000002\n\n{entry}\n")
+    with pytest.raises(SystemExit) as error:
+        run(root, "prepare_pascal_context", "--workers", "1")
+    message = str(error.value)
+    assert f"{str(listing)!r}, line 3: the entry {entry!r}" in message
+    assert "outside $DETECTRON2_DATASETS" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["escaped.jpg", "escaped.mat", "root"]
+    assert not (root / "pascal_ctx_d2").exists()  # refused before anything is written
+
+
+def test_coco_semantic_file_name_outside_the_root_is_refused(tmp_path):
+    coco = tmp_path / "coco"
+    (coco / "panoptic_val2017").mkdir(parents=True)
+    (coco / "annotations").mkdir()
+    panoptic = dict(images=[], categories=[dict(id=1, name="person", isthing=1)],
+                    annotations=[dict(image_id=7, file_name="../../x.png", segments_info=[])])
+    (coco / "annotations" / "panoptic_val2017.json").write_text(json.dumps(panoptic))
+    with pytest.raises(SystemExit, match=r"panoptic_val2017\.json'?, annotation of image_id 7: "
+                                         r"the entry '\.\./\.\./x\.png'"):
+        run(tmp_path, "prepare_coco_sem_seg", "--splits", "val", "--workers", "1")
+    assert not (coco / "panoptic_semseg_val2017").exists()
+
+
 # ----------------------------------------------------------------------------- Cityscapes
 def test_cityscapes_panoptic_and_load(tmp_path, builtin_at):
     cs = tmp_path / "cityscapes"

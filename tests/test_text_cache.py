@@ -120,3 +120,44 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
     assert resolve_cache_dir("/some/where") == "/some/where"
     monkeypatch.delenv("DATASEG_CACHE")
     assert default_cache_dir().endswith(os.path.join(".cache", "dataseg", "text_embeddings"))
+
+
+def test_flipped_bit_in_the_tensor_payload_warns_and_recomputes(tmp_path, caplog):
+    CountingTestEncoder.builds = 0
+    names = ["cat", "dog, puppy"]
+    good = _provider(tmp_path).embed(names)
+    (path,) = [str(tmp_path / f) for f in os.listdir(tmp_path)]
+    saved = torch.load(path, weights_only=True)
+    cache, key, stored = EmbeddingCache(str(tmp_path)), saved["key"], saved["embeddings"]
+    assert cache.path_for(key) == path and torch.equal(cache.load(key)[0], stored)
+    # torch.save stores tensors uncompressed: flip one bit inside the embedding bytes.
+    raw = bytearray(open(path, "rb").read())
+    start = bytes(raw).find(stored.numpy().tobytes())
+    assert start > 0
+    raw[start + 5] ^= 0x10
+    open(path, "wb").write(bytes(raw))
+    damaged = torch.load(path, weights_only=True)["embeddings"]  # still loads...
+    assert (damaged != stored).sum() == 1  # ...with one wrong value
+
+    with caplog.at_level(logging.WARNING, logger="dataseg.text.cache"):
+        assert cache.load(key) is None
+    assert path in caplog.text and "sha256" in caplog.text and "damaged" in caplog.text
+    again = _provider(tmp_path).embed(names)  # recomputed and rewritten
+    assert CountingTestEncoder.builds == 2
+    assert torch.equal(again.embeddings, good.embeddings)
+    assert torch.equal(cache.load(key)[0], stored)
+
+
+def test_cache_file_without_checksum_is_stale(tmp_path, caplog):
+    cache = EmbeddingCache(str(tmp_path))
+    key = cache.make_key("enc", ["{}"], ["a", "b"])
+    emb, idx = torch.randn(2, 4), torch.arange(2)
+    # The layout of files written before checksums existed.
+    os.makedirs(tmp_path, exist_ok=True)
+    torch.save({"key": key, "embeddings": emb, "class_index": idx}, cache.path_for(key))
+    with caplog.at_level(logging.WARNING, logger="dataseg.text.cache"):
+        assert cache.load(key) is None
+    assert "no checksum" in caplog.text and cache.path_for(key) in caplog.text
+    cache.save(key, emb, idx)
+    hit = cache.load(key)
+    assert torch.equal(hit[0], emb) and torch.equal(hit[1], idx)

@@ -8,6 +8,8 @@ from .build import (
     register_evaluator,
 )
 from .coco import DaTaSegCOCOEvaluator
+from .panoptic import DaTaSegCOCOPanopticEvaluator
 
 __all__ = ["EVALUATOR_REGISTRY", "build_dataseg_evaluator", "register_evaluator",
-           "DaTaSegCOCOEvaluator", "CheckedDatasetEvaluators", "NoPredictionsError"]
+           "DaTaSegCOCOEvaluator", "DaTaSegCOCOPanopticEvaluator", "CheckedDatasetEvaluators",
+           "NoPredictionsError"]

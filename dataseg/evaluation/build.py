@@ -5,6 +5,7 @@
 :func:`register_evaluator`. Several test datasets in one run each get their own evaluators.
 """
 
+import functools
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -12,19 +13,16 @@ import numpy as np
 from PIL import Image
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import (
-    COCOPanopticEvaluator,
-    DatasetEvaluator,
-    DatasetEvaluators,
-    SemSegEvaluator,
-)
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils.file_io import PathManager
 
+from ..data.catalog import DatasetValidationError, check_semantic_labels
 from .checks import CheckedDatasetEvaluators
 from .coco import DaTaSegCOCOEvaluator
+from .panoptic import DaTaSegCOCOPanopticEvaluator
 
 __all__ = ["EVALUATOR_REGISTRY", "register_evaluator", "build_dataseg_evaluator",
-           "check_evaluator", "load_label_map"]
+           "check_evaluator", "load_label_map", "load_checked_label_map"]
 
 EvaluatorFactory = Callable[[str, Optional[str], object], List[DatasetEvaluator]]
 EVALUATOR_REGISTRY: Dict[str, EvaluatorFactory] = {}
@@ -82,7 +80,7 @@ def check_evaluator(dataset_name: str) -> EvaluatorFactory:
 
 @register_evaluator("coco_panoptic_seg", requires=_PANOPTICAPI)
 def _panoptic(dataset_name, output_folder, cfg):
-    return [COCOPanopticEvaluator(dataset_name, output_folder)]
+    return [DaTaSegCOCOPanopticEvaluator(dataset_name, output_folder)]
 
 
 def load_label_map(filename: str, copy: bool = False, dtype=None) -> np.ndarray:
@@ -95,10 +93,46 @@ def load_label_map(filename: str, copy: bool = False, dtype=None) -> np.ndarray:
         return np.asarray(Image.open(f), dtype=dtype)
 
 
+def load_checked_label_map(filename: str, copy: bool = False, dtype=None, *,
+                           dataset_name: str, num_classes: int, ignore_label: int) -> np.ndarray:
+    """:func:`load_label_map`, refusing a label map with a value that is not a class id
+    ``0..num_classes-1`` nor ``ignore_label``.
+
+    Registration checks only a sample of the label maps, and :class:`SemSegEvaluator` turns
+    such values into a wrong mIoU without a word: ``num_classes`` lands in the ignored row of
+    its confusion matrix (mIoU 100 there whatever is predicted), larger or negative values in
+    other classes' cells. So every map is checked as the evaluator reads it (one vectorised
+    pass; the slow message is built only on failure).
+
+    Raises:
+        DatasetValidationError: naming the dataset, the file, the bad values and the fix.
+    """
+    labels = load_label_map(filename, copy=copy, dtype=dtype)
+    bad = (labels < 0) | ((labels >= num_classes) & (labels != ignore_label))
+    if bad.any():
+        fix = (f" Evaluation stops rather than score this file. Write label maps with class ids "
+               f"0..{num_classes - 1} and {ignore_label} for pixels not evaluated, or register "
+               f"{dataset_name!r} with the class list and ignore_label its files use.")
+        negative = np.unique(labels[labels < 0])
+        if negative.size:
+            raise DatasetValidationError(
+                f"Dataset {dataset_name!r}: label map {filename!r} holds negative class ids "
+                f"{negative.tolist()[:10]}.{fix}")
+        try:
+            check_semantic_labels(labels, num_classes, ignore_label, filename, dataset_name)
+        except DatasetValidationError as e:
+            raise DatasetValidationError(f"{e}{fix}") from None
+    return labels
+
+
 @register_evaluator("sem_seg")
 def _semantic(dataset_name, output_folder, cfg):
+    meta = MetadataCatalog.get(dataset_name)
+    loader = functools.partial(load_checked_label_map, dataset_name=dataset_name,
+                               num_classes=len(meta.stuff_classes),
+                               ignore_label=meta.ignore_label)
     return [SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
-                            sem_seg_loading_fn=load_label_map)]
+                            sem_seg_loading_fn=loader)]
 
 
 @register_evaluator("coco")

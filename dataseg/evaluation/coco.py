@@ -20,6 +20,11 @@ class DaTaSegCOCOEvaluator(COCOEvaluator):
       mask's pixel area, it is recomputed (mask area, else box area), with a warning.
     * A model predicting nothing gets AP 0: detectron2 reports NaN then, which hides a
       collapsed model in averaged tables and breaks "best checkpoint" selection.
+    * A test set without ground truth (an ``annotations`` list with no non-crowd object)
+      reports NaN, pycocotools' and detectron2's "no ground truth", whatever the model
+      predicts, with a warning when the evaluator is built (before the first image). A json
+      without an ``annotations`` key is detectron2's test-dev case: predictions are only
+      written, nothing is scored.
     """
 
     def __init__(self, dataset_name, *args, **kwargs):
@@ -34,6 +39,15 @@ class DaTaSegCOCOEvaluator(COCOEvaluator):
             for i, a in enumerate(annotations, start=1):
                 a["id"] = i
             self._coco_api.createIndex()
+        self._has_ground_truth = any(not a.get("iscrowd", 0) for a in annotations)
+        if self._do_evaluation and not self._has_ground_truth:
+            found = f"only crowd annotations ({len(annotations)})" if annotations else \
+                "no annotation"
+            self._logger.warning(
+                f"Test dataset {self._metadata.name!r}: {self._metadata.json_file!r} has "
+                f"{found}, so there is no ground-truth object and its AP is NaN ('no ground "
+                "truth'), not a score. Add the annotations, or remove the dataset from "
+                "DATASETS.TEST.")
         fixed = _fix_areas(self._coco_api)
         if fixed:
             self._logger.warning(
@@ -44,7 +58,7 @@ class DaTaSegCOCOEvaluator(COCOEvaluator):
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names)
-        if coco_eval is None:
+        if coco_eval is None and self._has_ground_truth:
             self._logger.warning(
                 f"The model predicted nothing on any image of {self._metadata.name!r} "
                 f"({iou_type}); reporting AP 0 (detectron2 would report NaN).")

@@ -6,6 +6,9 @@ templates and the exact class list. Those form the key; the value is the per-syn
 matrix. Entries are written to a temporary file in the same folder and moved into place with
 ``os.replace``, which is atomic on POSIX and Windows, so concurrent writers (several ranks, two
 jobs sharing a home folder) each leave a complete file and readers never see a partial one.
+Each entry stores the sha256 of its contents: a file damaged on disk (a flipped bit inside a
+tensor still unpickles) is detected at load and recomputed instead of serving a wrong
+embedding to every later run.
 """
 
 import hashlib
@@ -72,8 +75,9 @@ class EmbeddingCache:
     def load(self, key: dict) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``(embeddings (N, D), class_index (N,))`` on a hit, None on a miss.
 
-        An unreadable or inconsistent file counts as a miss (with a warning); the caller then
-        recomputes and overwrites it.
+        An unreadable, inconsistent or damaged file (its sha256 does not match), or one written
+        without a checksum by an older version, counts as a miss (with a warning naming it);
+        the caller then recomputes and overwrites it.
         """
         path = self.path_for(key)
         if not os.path.isfile(path):
@@ -100,6 +104,12 @@ class EmbeddingCache:
         emb, idx = data["embeddings"], data["class_index"]
         if not (isinstance(emb, torch.Tensor) and isinstance(idx, torch.Tensor)):
             return "fields are not tensors"
+        if emb.dtype != torch.float32 or idx.dtype != torch.int64:
+            return f"unexpected dtypes {emb.dtype} / {idx.dtype}"
+        if "sha256" not in data:
+            return "it has no checksum: written by an older version of DaTaSeg"
+        if data["sha256"] != _checksum(key, emb, idx):
+            return "its contents do not match their sha256: the file is damaged"
         if emb.ndim != 2 or idx.shape != (emb.shape[0],):
             return f"bad shapes {tuple(emb.shape)} / {tuple(idx.shape)}"
         if emb.shape[0] == 0 or int(idx.max()) != len(key["class_names"]) - 1:
@@ -112,10 +122,13 @@ class EmbeddingCache:
         """Write an entry atomically; returns its path. Failures only warn (the cache is an
         optimisation; a read-only home folder must not stop a run)."""
         path = self.path_for(key)
+        embeddings = embeddings.detach().float().cpu().contiguous()
+        class_index = class_index.detach().long().cpu().contiguous()
         payload = {
             "key": key,
-            "embeddings": embeddings.detach().float().cpu().contiguous(),
-            "class_index": class_index.detach().long().cpu().contiguous(),
+            "embeddings": embeddings,
+            "class_index": class_index,
+            "sha256": _checksum(key, embeddings, class_index),
         }
         try:
             os.makedirs(self.directory, exist_ok=True)
@@ -123,3 +136,13 @@ class EmbeddingCache:
         except OSError as e:
             logger.warning(f"Could not write text-embedding cache file {path}: {e!r}")
         return path
+
+
+def _checksum(key: dict, embeddings: torch.Tensor, class_index: torch.Tensor) -> str:
+    """sha256 (hex) of an entry: its key, the tensors' dtypes and shapes, and their bytes."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8"))
+    for tensor in (embeddings, class_index):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode("utf-8"))
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
