@@ -76,6 +76,9 @@ setup(
         "pillow>=7.1",
         "scipy",
         "numpy",
+        # Polygon annotations (COCO / labelme jsons): the training crop (fvcore's
+        # CropTransform.apply_polygons, inside the large-scale-jitter crop) clips them with it.
+        "shapely",
     ]
     + opencv_requirements(),
     extras_require={

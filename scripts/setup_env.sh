@@ -48,12 +48,14 @@ fi
 PIP=("$PY" -m pip --disable-pip-version-check)
 
 # The stamp records the inputs of the last successful set-up; same inputs + working imports
-# means there is nothing to do.
+# means there is nothing to do. The imports are those of the packages that are imported only
+# when first used (a missing one would otherwise surface mid-run): panopticapi by the panoptic
+# evaluator, shapely by the training crop of polygon annotations.
 STAMP="$STAMP_DIR/.dataseg-setup-stamp"
 [[ "$STAMP_KEY" == "venv" ]] || STAMP="$STAMP_DIR/stamp-$STAMP_KEY"
 WANT="$(cat setup.py scripts/setup_env.sh scripts/detectron2_wheel.py | sha256sum | cut -c1-16) extras=$EXTRAS"
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
-   && "$PY" -c "import torch, detectron2, dataseg, panopticapi.evaluation" 2>/dev/null; then
+IMPORTS="import torch, detectron2, dataseg, panopticapi.evaluation, shapely.geometry"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "$IMPORTS" 2>/dev/null; then
   log "environment is up to date ($PY)"
   exit 0
 fi
@@ -149,6 +151,7 @@ fi
 import detectron2, torch
 from detectron2.modeling import build_model  # noqa: F401  (pulls most of detectron2)
 import panopticapi.evaluation  # noqa: F401  (COCO panoptic evaluator)
+import shapely.geometry  # noqa: F401  (fvcore's crop of polygon annotations in training)
 import dataseg
 print(f"[setup] torch {torch.__version__}, detectron2 {detectron2.__version__}, "
       f"dataseg {dataseg.__version__}")

@@ -108,6 +108,25 @@ def test_setup_into_users_environment_then_noop(user_python, tmp_path):
     assert stamp.read_text().strip().endswith(" extras=test")
 
 
+def test_setup_installs_again_when_a_lazily_imported_dependency_is_missing(user_python,
+                                                                          tmp_path, monkeypatch):
+    # shapely is imported only when the training crop first meets a polygon: an environment
+    # without it (uninstalled, or set up before it was required) must not pass as up to date.
+    python, log = user_python
+    stamps = tmp_path / "stamps"
+    first = _setup(python, stamps)
+    assert first.returncode == 0, first.stdout + first.stderr
+    blocker = tmp_path / "no_shapely"
+    (blocker / "shapely").mkdir(parents=True)
+    (blocker / "shapely" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", str(blocker))
+    second = _setup(python, stamps)
+    assert "environment is up to date" not in second.stdout
+    assert [c["args"][1:3] for c in _calls(log)] == [["install", "-e"]] * 2
+    # The recorder installed nothing, so the final import check names the missing package.
+    assert second.returncode != 0 and "shapely" in second.stderr
+
+
 def test_setup_refuses_a_python_that_does_not_run(tmp_path):
     proc = _setup(tmp_path / "no_such_python", tmp_path / "stamps")
     assert proc.returncode != 0
@@ -239,3 +258,5 @@ def test_opencv_requirement_follows_the_installed_build(source_copy, tmp_path):
     none = _requires_dist(source_copy, tmp_path, DATASEG_OPENCV="")
     assert not any(r.startswith("opencv") for r in none)
     assert "numpy" in none and "pycocotools>=2.0.2" in none
+    # The training crop of polygon annotations (fvcore's CropTransform) imports shapely.
+    assert "shapely" in none

@@ -1,5 +1,7 @@
 """Instance task mapper: COCO annotations with masks -> BitMasks + boxes from the masks."""
 
+import numpy as np
+
 from detectron2.data import detection_utils as utils
 
 from .base import DaTaSegDatasetMapper
@@ -23,6 +25,11 @@ class InstanceDatasetMapper(DaTaSegDatasetMapper):
             for obj in dataset_dict.get("annotations", [])
             if obj.get("iscrowd", 0) == 0
         ]
+        for obj in annos:
+            # An RLE mask is transformed as a label map, so the crop pads it with the ignore
+            # value (255), which BitMasks would read as object: only 1 is the object.
+            if isinstance(obj.get("segmentation"), np.ndarray):
+                obj["segmentation"] = obj["segmentation"] == 1
         instances = utils.annotations_to_instances(annos, image_shape, mask_format="bitmask")
         if not instances.has("gt_masks"):
             # No annotation at all: keep the contract (an empty mask set of the right size).
