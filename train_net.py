@@ -26,6 +26,8 @@ def main(args):
         DaTaSegCheckpointer(
             model, save_dir=cfg.OUTPUT_DIR,
             min_backbone_fraction=cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
+            # Evaluating random weights in place of unfilled tensors would print wrong numbers.
+            allow_partial=cfg.MODEL.DATASEG.TEST.ALLOW_PARTIAL_WEIGHTS,
         ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)

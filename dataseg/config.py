@@ -183,11 +183,18 @@ def add_dataseg_config(cfg):
     # Panoptic inference judges the overlap of each stuff CLASS segment (the union of its
     # queries, as the training MERGE sees it) instead of each query (MaskFormer).
     D.TEST.PANOPTIC_MERGE_STUFF = True
-    # Instance inference keeps detectron2's TEST.DETECTIONS_PER_IMAGE top-scoring masks.
+    # Instance inference takes detectron2's TEST.DETECTIONS_PER_IMAGE best (query, class)
+    # pairs over all classes, then drops stuff pairs (Mask2Former's rule).
     # Dataset whose vocabulary (classes, task, outputs) inference uses for inputs without a
     # "dataset_name" (detectron2's DefaultPredictor sends none); "" = DATASETS.TEST[0], and
     # no default when DATASETS.TEST is empty too (such inputs then fail with a message).
     D.TEST.DEFAULT_VOCABULARY = ""
+    # Inference (DaTaSegPredictor, the demo, train_net.py --eval-only) refuses MODEL.WEIGHTS
+    # that leave a model tensor unfilled or of another shape, or hold tensors the model lacks
+    # (a checkpoint of another NUM_QUERIES, HIDDEN_DIM, ... would run partly random); True
+    # loads such weights on purpose, with detectron2's report of the keys. Training always
+    # loads partial weights (fine-tuning from a backbone or another checkpoint).
+    D.TEST.ALLOW_PARTIAL_WEIGHTS = False
 
     # Prediction drawings written after training for this many images of every test dataset
     # (OUTPUT_DIR/visualizations/<dataset>/); 0 = none.

@@ -262,3 +262,52 @@ def test_save_predictions_needs_output(images):
     with pytest.raises(SystemExit):
         demo.main(["--config-file", CONFIG, "--input", str(images), "--classes", "a",
                    "--save-predictions"] + TINY)
+
+
+def test_demo_refuses_a_checkpoint_of_another_architecture(images, tmp_path):
+    model = build_model(get_dataseg_cfg(CONFIG, TINY + ["MODEL.DATASEG.DECODER.NUM_QUERIES", "30"]))
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("other_queries")
+    with pytest.raises(ValueError, match="NUM_QUERIES is 20 in the config, 30 in the file"):
+        demo.main(["--config-file", CONFIG, "--input", str(images), "--output",
+                   str(tmp_path / "vis"), "--classes", "a,b"]
+                  + TINY + ["MODEL.WEIGHTS", str(tmp_path / "other_queries.pth")])
+    assert not (tmp_path / "vis").exists()
+
+
+def test_output_into_the_input_folder_never_overwrites_an_input(weights, images, capsys):
+    """--output = the input folder: a user's file named like a drawing is refused before
+    anything is written; without such a name, the drawings are written next to the inputs
+    and are not read back as inputs."""
+    users = images / "0_panoptic.png"  # the user's own file, with a drawing's name
+    Image.fromarray(np.full((48, 64, 3), 7, np.uint8)).save(users)
+    before = users.read_bytes()
+    argv = ["--config-file", CONFIG, "--input", str(images), "--output", str(images),
+            "--classes", "a,b"] + TINY + ["MODEL.WEIGHTS", weights]
+    with pytest.raises(SystemExit, match=r"--output would overwrite 1 input file\(s\): "
+                                         r".*0_panoptic.png \(input .*0_panoptic.png\)"):
+        demo.main(argv)
+    assert users.read_bytes() == before
+    assert sorted(os.listdir(images)) == ["0.jpg", "0_panoptic.png", "1.jpg"]
+
+    users.unlink()
+    capsys.readouterr()
+    assert demo.main(argv) == 0
+    assert sorted(os.listdir(images)) == ["0.jpg", "0_panoptic.png", "1.jpg", "1_panoptic.png"]
+    summaries = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()
+                 if ": panoptic:" in line]
+    assert summaries == [str(images / "0.jpg"), str(images / "1.jpg")]
+
+
+def test_save_predictions_and_videos_never_overwrite_an_input(tmp_path, images):
+    nested = images / "predictions" / "semantic"
+    nested.mkdir(parents=True)
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(nested / "0.png")
+    with pytest.raises(SystemExit, match=r"would overwrite 1 input.*predictions/semantic/0.png"):
+        demo.main(["--config-file", CONFIG, "--input", str(nested), "--output", str(images),
+                   "--task", "semantic", "--save-predictions", "--classes", "a"] + TINY)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"a user's video")
+    with pytest.raises(SystemExit, match=r"would overwrite 1 input.*clip.mp4"):
+        demo.main(["--config-file", CONFIG, "--video-input", str(clip), "--output", str(clip),
+                   "--classes", "a"] + TINY)
+    assert clip.read_bytes() == b"a user's video"

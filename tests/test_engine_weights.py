@@ -142,3 +142,112 @@ def test_checkpoint_missing_the_class_head_warns(tmp_path, caplog):
         _load(CONFIG, TINY, str(tmp_path / "no_head.pth"))
     assert "does not fill the text classifier" in caplog.text
     assert "classifier.class_head.layers.0.weight" in caplog.text
+
+
+# ---- inference refuses weights of another architecture ----------------------------------
+def _save_with(tmp_path, *opts):
+    """A tiny model built with ``opts`` (seed 0), saved; returns (model, path)."""
+    torch.manual_seed(0)
+    model = build_model(get_dataseg_cfg(CONFIG, TINY + list(opts)))
+    DaTaSegCheckpointer(model, save_dir=str(tmp_path)).save("other")
+    return model, str(tmp_path / "other.pth")
+
+
+@pytest.mark.parametrize("key, value, config_value, tensor", [
+    ("DECODER.NUM_QUERIES", 30, 20, "transformer_decoder.query_feat.weight"),
+    ("DECODER.HIDDEN_DIM", 32, 64, "transformer_decoder.cross_attn.0.attn.in_proj_weight"),
+    ("PIXEL_DECODER.CONVS_DIM", 32, 64, "pixel_decoder.level_embed"),
+    ("DECODER.CLASS_HEAD_LAYERS", 2, 1, "classifier.class_head.layers.1.weight"),
+    ("DECODER.NUM_LAYERS", 6, 3, "transformer_decoder.cross_attn.3.attn.in_proj_weight"),
+])
+def test_inference_refuses_weights_of_another_architecture(tmp_path, key, value, config_value,
+                                                           tensor):
+    trained, path = _save_with(tmp_path, f"MODEL.DATASEG.{key}", str(value))
+    model = build_model(get_dataseg_cfg(CONFIG, TINY))
+    with pytest.raises(ValueError) as info:
+        DaTaSegCheckpointer(model, allow_partial=False).load(path)
+    message = str(info.value)
+    assert f"MODEL.DATASEG.{key} is {config_value} in the config, {value} in the file" in message
+    assert tensor in message and "other.pth" in message
+    assert "MODEL.DATASEG.TEST.ALLOW_PARTIAL_WEIGHTS True" in message
+    # Training (fine-tuning) loads what fits: the backbone is the file's.
+    DaTaSegCheckpointer(model).load(path)
+    torch.testing.assert_close(model.state_dict()["backbone.stem.conv1.weight"],
+                               trained.state_dict()["backbone.stem.conv1.weight"])
+
+
+def test_inference_loads_a_matching_checkpoint_completely(tmp_path):
+    trained, path = _save_with(tmp_path)
+    torch.manual_seed(1)
+    model = build_model(get_dataseg_cfg(CONFIG, TINY))
+    DaTaSegCheckpointer(model, allow_partial=False).load(path)
+    expected = trained.state_dict()
+    assert model.state_dict().keys() == expected.keys()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+
+
+def test_eval_only_refuses_weights_of_another_architecture(tmp_path, monkeypatch):
+    import train_net
+    from detectron2.engine import default_argument_parser
+
+    _, path = _save_with(tmp_path / "ckpt", "MODEL.DATASEG.DECODER.NUM_QUERIES", "30")
+    args = default_argument_parser().parse_args(
+        ["--config-file", CONFIG, "--eval-only"] + TINY
+        + ["MODEL.WEIGHTS", path, "OUTPUT_DIR", str(tmp_path / "eval")])
+    # train_net.main's eval-only branch as is; without detectron2's logging set-up (it would
+    # stop later tests' caplog) and with an evaluation that records its call.
+    monkeypatch.setattr(train_net, "setup", lambda a: get_dataseg_cfg(a.config_file, a.opts))
+    evaluated = []
+    monkeypatch.setattr(train_net.Trainer, "test",
+                        classmethod(lambda cls, cfg, model: evaluated.append(model) or {}))
+    with pytest.raises(ValueError, match="DECODER.NUM_QUERIES is 20 in the config, 30 in "
+                                         "the file"):
+        train_net.main(args)
+    assert not evaluated  # refused before the first image
+    args.opts += ["MODEL.DATASEG.TEST.ALLOW_PARTIAL_WEIGHTS", "True"]
+    train_net.main(args)
+    assert len(evaluated) == 1  # on purpose: evaluated with what fits
+
+
+# ---- weights-only reading ----------------------------------------------------------------
+class _RunsCode:
+    """Unpickling it creates ``marker`` (what a crafted checkpoint could do instead)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _crafted(tmp_path, layout):
+    marker = tmp_path / "code_ran"
+    state = {"conv1.weight": torch.ones(2, 3, 1, 1), "bn1.weight": torch.ones(2)}
+    path = tmp_path / "crafted.pth"
+    torch.save({**layout(state), "payload": _RunsCode(str(marker))}, path)
+    return path, marker
+
+
+def test_convert_weights_refuses_a_pickle_that_runs_code(tmp_path):
+    path, marker = _crafted(tmp_path, lambda state: state)
+    out = tmp_path / "out.pkl"
+    with pytest.raises(SystemExit, match=r"crafted.pth.*\(io.open\).*--trust-pickle"):
+        convert_main(["--format", "torchvision-resnet", str(path), str(out)])
+    assert not marker.exists() and not out.exists()
+    # Opted in for a file the user trusts: it is unpickled (the payload runs) and converted.
+    assert convert_main(["--format", "torchvision-resnet", "--trust-pickle", str(path),
+                         str(out)]) == 0
+    assert marker.exists()
+    with open(out, "rb") as f:
+        converted = pickle.load(f)["model"]
+    assert sorted(converted) == ["stem.conv1.norm.weight", "stem.conv1.weight"]
+    assert (converted["stem.conv1.weight"] == 1).all()
+
+
+def test_checkpointer_reads_pth_weights_only(tmp_path):
+    path, marker = _crafted(tmp_path, lambda state: {"model": state})
+    model = build_model(get_dataseg_cfg(CONFIG, TINY))
+    with pytest.raises(ValueError, match=r"crafted.pth.*pickles Python objects.*\(io.open\)"):
+        DaTaSegCheckpointer(model).load(str(path))
+    assert not marker.exists()

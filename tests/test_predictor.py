@@ -191,3 +191,40 @@ def test_repeated_class_names_are_one_class(weights):
     predictor = DaTaSegPredictor(tiny_cfg("MODEL.WEIGHTS", weights + "?matching_heuristics=True"),
                                  classes=["dog", "Dog ", "cat", "dog"], task="semantic")
     assert predictor.class_names == ["dog", "cat"]
+
+
+@pytest.mark.parametrize("key, value", [("HIDDEN_DIM", 32), ("NUM_QUERIES", 30)])
+def test_predictor_refuses_weights_of_another_architecture(tmp_path, image, monkeypatch, caplog,
+                                                           key, value):
+    """A checkpoint of another decoder width / query count would run partly random."""
+    torch.manual_seed(0)
+    trained = build_model(tiny_cfg(f"MODEL.DATASEG.DECODER.{key}", str(value)))
+    DaTaSegCheckpointer(trained, save_dir=str(tmp_path)).save("other")
+    path = str(tmp_path / "other.pth")
+    default = tiny_cfg().MODEL.DATASEG.DECODER[key]
+    with pytest.raises(ValueError, match=rf"MODEL.DATASEG.DECODER.{key} is {default} in the "
+                                         rf"config, {value} in the file"):
+        DaTaSegPredictor(tiny_cfg("MODEL.WEIGHTS", path), classes=["a", "b"], task="semantic")
+    # On purpose: what fits is loaded, detectron2 reports what is skipped.
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("fvcore"), "propagate", True)
+    caplog.set_level(logging.WARNING)
+    predictor = DaTaSegPredictor(
+        tiny_cfg("MODEL.WEIGHTS", path, "MODEL.DATASEG.TEST.ALLOW_PARTIAL_WEIGHTS", "True"),
+        classes=["a", "b"], task="semantic")
+    assert "Skip loading parameter 'transformer_decoder.query_feat.weight'" in caplog.text
+    got, saved = predictor.model.state_dict(), trained.state_dict()
+    torch.testing.assert_close(got["backbone.stem.conv1.weight"],
+                               saved["backbone.stem.conv1.weight"])
+    assert got["transformer_decoder.query_feat.weight"].shape == (20, 64)
+    assert tuple(predictor(image)["sem_seg"].shape) == (2, 48, 64)
+
+
+def test_predictor_loads_every_tensor_of_a_matching_checkpoint(weights):
+    predictor = DaTaSegPredictor(tiny_cfg("MODEL.WEIGHTS", weights), classes=["a"])
+    saved = torch.load(weights, map_location="cpu", weights_only=True)["model"]
+    got = predictor.model.state_dict()
+    assert got.keys() == saved.keys()
+    for key, value in got.items():
+        torch.testing.assert_close(value, saved[key])

@@ -9,7 +9,8 @@ Reliability policy (what a multi-day job on a shared cluster can count on):
   the running count is the ``data/skipped_images`` metric, and more than
   ``INPUT.DATASEG.MAX_SKIPPED_IMAGES`` stops training.
 * A non-finite loss stops training with the dataset, iteration and loss terms involved.
-* Kill and ``--resume`` continue the same run: checkpoints are written atomically, the data
+* Kill and ``--resume`` continue the same run: checkpoints are written atomically (the
+  temporary file of a save the kill interrupted is removed when training starts), the data
   seed is stored in them, the data stream is a function of (seed, iteration) and torch's RNG
   is re-seeded from (seed, iteration, rank) before every step.
 """
@@ -179,6 +180,10 @@ class DaTaSegTrainer(DefaultTrainer):
             cfg = _with_seed(cfg, seed)
         with _cpu_aware_ddp():
             super().__init__(cfg)
+        if comm.is_main_process():
+            # A job killed while saving leaves a temporary file of its checkpoint: the next
+            # run in the folder removes it (only now: no save of this run is in flight).
+            self.checkpointer.remove_stale_temporary_files()
         if cfg.SOLVER.AMP.ENABLED and next(self.model.parameters()).device.type == "cpu":
             # DefaultTrainer built detectron2's CUDA-only AMPTrainer; same parts, CPU autocast.
             t = self._trainer

@@ -19,6 +19,12 @@ Formats:
 The output is a detectron2-style ``.pkl`` (``{"model": numpy arrays, "__author__": ...,
 "matching_heuristics": True}``); loading it reports the share of the backbone it filled and
 fails when that share is too small (``MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION``).
+
+The input is read with ``torch.load(weights_only=True)``: tensors, containers and numbers
+only, so a crafted file cannot run code. A checkpoint that also pickles other Python objects
+(an ``argparse.Namespace`` of training arguments, ...) is refused with the object named;
+``--trust-pickle`` reads it fully, which runs whatever code the file names: only for files
+from a source you trust (docs/untrusted_files.md).
 """
 
 import argparse
@@ -28,6 +34,8 @@ import sys
 from typing import Dict
 
 import torch
+
+from ..engine.checkpoint import refused_global
 
 __all__ = ["FORMATS", "convert_state_dict", "load_state_dict", "main"]
 
@@ -66,9 +74,29 @@ def _mae_vit(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 FORMATS = {"torchvision-resnet": _resnet, "timm-resnet": _resnet, "mae-vit": _mae_vit}
 
 
-def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file (a bare state dict or under "model"/"state_dict")."""
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+def load_state_dict(path: str, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (a bare state dict or under "model"/"state_dict").
+
+    Args:
+        path: a ``torch.save`` file.
+        trust_pickle: unpickle everything the file holds (``weights_only=False``). Unpickling
+            can run arbitrary code: only for files from a trusted source.
+
+    Raises:
+        ValueError: the file holds objects other than tensors, containers and numbers (and
+            ``trust_pickle`` is False), or no state dict.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as e:
+        if trust_pickle:
+            raise
+        raise ValueError(
+            f"{path!r} holds Python objects besides tensors ({refused_global(e) or e}); "
+            "reading them would run code the file names, so it was not unpickled. If the file "
+            "comes from a source you trust (e.g. the model's official release), pass "
+            "--trust-pickle; otherwise load it in a sandbox and re-save only its state dict "
+            "(torch.save(state_dict, path)).") from e
     for key in ("model", "state_dict", "model_state"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -93,10 +121,20 @@ def main(argv=None) -> int:
     parser.add_argument("--format", required=True, choices=sorted(FORMATS))
     parser.add_argument("input", help="checkpoint file (.pth / .pt / .bin)")
     parser.add_argument("output", help="output .pkl, for MODEL.WEIGHTS")
+    parser.add_argument(
+        "--trust-pickle", action="store_true",
+        help="read the input with torch.load(weights_only=False): needed for legacy "
+             "checkpoints that also pickle other Python objects (training arguments, ...), "
+             "which the default weights-only read refuses. Unpickling runs any code the file "
+             "names: use it only for files from a source you trust")
     args = parser.parse_args(argv)
     if not args.output.endswith(".pkl"):
         parser.error("the output must end in .pkl (detectron2 reads its format from the name)")
-    data = convert_state_dict(load_state_dict(args.input), args.format)
+    try:
+        state = load_state_dict(args.input, trust_pickle=args.trust_pickle)
+    except ValueError as e:
+        raise SystemExit(f"convert_weights: {e}") from e
+    data = convert_state_dict(state, args.format)
     with open(args.output, "wb") as f:
         pickle.dump(data, f)
     print(f"Wrote {len(data['model'])} tensors to {args.output}; use MODEL.WEIGHTS {args.output}")
