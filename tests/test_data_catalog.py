@@ -33,8 +33,22 @@ def test_unknown_task_lists_valid_tasks():
 
 
 def test_vocabulary_normalisation():
-    assert class_names_to_vocabulary(["Cabinet/shelf", "window ", "tv, monitor"]) == [
-        "Cabinet, shelf", "window", "tv, monitor"]
+    # Commas are synonyms; a "/" is part of the name (it once split "AC/DC" into 2 synonyms).
+    assert class_names_to_vocabulary(["AC/DC", "window ", "tv,monitor", "Cabinet/shelf"]) == [
+        "AC/DC", "window", "tv, monitor", "Cabinet/shelf"]
+
+
+def test_slash_names_stay_one_class_and_objects365_keeps_its_synonyms(tmp_path):
+    register_semantic_dataset("t_cat_slash", str(tmp_path), str(tmp_path), ["AC/DC", "rock"],
+                              replace=True)
+    assert MetadataCatalog.get("t_cat_slash").dataseg_classes == ["AC/DC", "rock"]
+    register_box_dataset("t_cat_slash_box", str(tmp_path / "late.json"), str(tmp_path),
+                         class_names=["AC/DC", "rock"], replace=True)
+    assert MetadataCatalog.get("t_cat_slash_box").dataseg_classes == ["AC/DC", "rock"]
+    # The builtin Objects365 names "a/b" alternatives: registered as explicit synonyms.
+    o365 = MetadataCatalog.get("dataseg_objects365_v2_val")
+    assert o365.thing_classes[12] == "Cabinet/shelf"
+    assert o365.dataseg_classes[12] == "Cabinet, shelf"
 
 
 @pytest.mark.parametrize("short,task", [
@@ -240,9 +254,13 @@ def test_coco_ids_that_disagree_with_the_json_fail_naming_both(tmp_path, synthet
     with pytest.raises(ValueError, match="2 class_names but .* has 3 categories"):
         register_box_dataset("t_cat_wrong_count", path, images, class_names=names[:2],
                              replace=True)
-    # Registered before the json exists with the default 1..C: the load names both.
+    # Registered before the json exists: names without ids are matched with the json's
+    # categories when it is loaded (as at registration); wrong explicit ids fail naming both.
     late = str(tmp_path / "late_wrong.json")
-    register_box_dataset("t_cat_late_wrong", late, images, class_names=names, replace=True)
+    register_box_dataset("t_cat_late_names", late, images, class_names=names, replace=True)
+    register_box_dataset("t_cat_late_wrong", late, images, class_names=names,
+                         category_ids=[1, 2, 3], replace=True)
     os.replace(path, late)
+    assert sorted(_labels_by_name("t_cat_late_names")) == _labels_in_json(info)
     with pytest.raises(DatasetValidationError, match=r"\[1, 2, 3\].*\[1, 3, 4\]"):
         DatasetCatalog.get("t_cat_late_wrong")

@@ -31,8 +31,7 @@ def _tricky_coco(tmp_path):
     images = [
         {"id": 30, "file_name": "c.jpg", "height": 20, "width": 40, "license": 1},
         {"id": 4, "file_name": "sub/ä.jpg", "height": 11, "width": 13},
-        {"id": 12, "file_name": "old.jpg", "height": 1, "width": 1},
-        {"id": 12, "file_name": "b.jpg", "height": 16, "width": 17},  # repeated id: last wins
+        {"id": 12, "file_name": "b.jpg", "height": 16, "width": 17},
         {"id": 8, "file_name": "crowd_only.jpg", "height": 9, "width": 9},
         {"id": 50, "file_name": "empty.jpg", "height": 5, "width": 6},
     ]
@@ -91,7 +90,7 @@ def test_cache_dicts_equal_the_json_path_field_by_field(tmp_path, registered):
             assert have[key] == want[key], key
             assert type(have[key]) is type(want[key]), key
     # By hand: images sorted by id; image 30 keeps its 3 boxes in file order, the one without
-    # iscrowd has no such key; the repeated id 12 has its last file name and 1 box left.
+    # iscrowd has no such key; image 12 has 1 box left (the other has only invalid polygons).
     assert [d["image_id"] for d in got] == [4, 8, 12, 30, 50]
     assert got[2]["file_name"] == os.path.join(image_root, "b.jpg")
     assert (got[2]["height"], got[2]["width"]) == (16, 17)

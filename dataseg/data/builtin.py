@@ -172,13 +172,16 @@ def _register_ade20k(root: str, replace: bool):
 
 def _register_objects365(root: str, replace: bool):
     names = load_vocabulary("objects365_v2")
+    # Objects365's "Cabinet/shelf" names alternatives: embedded as synonyms ("a, b"). A "/"
+    # in other datasets' names is kept as written.
+    text_names = [", ".join(p.strip() for p in n.split("/")) for n in names]
     o365 = os.path.join(root, "objects365")
     for split in ("train", "val"):
         _if_new(replace, register_box_dataset,
             f"dataseg_objects365_v2_{split}",
             os.path.join(o365, "annotations", f"zhiyuan_objv2_{split}.json"),
             os.path.join(o365, split),
-            class_names=names, **_COCO_SIZE, **_hint(root),
+            class_names=names, text_names=text_names, **_COCO_SIZE, **_hint(root),
         )
     # The 1,000 val images the DaTaSeg authors annotated with masks (box -> mask transfer AP);
     # the file is not distributed here: datasets/README.md gives its format and a checker.
@@ -186,7 +189,8 @@ def _register_objects365(root: str, replace: bool):
         "dataseg_objects365_instance_seg_val",
         os.path.join(o365, "annotations", "o365_instance_seg_val.json"),
         os.path.join(o365, "val"),
-        class_names=names, has_masks=True, **_COCO_SIZE, **_hint(root),
+        class_names=names, text_names=text_names, has_masks=True, **_COCO_SIZE,
+        **_hint(root),
     )
 
 

@@ -7,22 +7,27 @@ so that detectron2's own evaluators work unchanged.
 
 Registration never touches the disk beyond optional reads of small category lists: datasets
 that are not downloaded can be registered at import time. Files are checked when the dataset
-is loaded, and every failure names the path that was expected.
+is loaded, and every failure names the path that was expected: every image and label file is
+looked up (one folder listing per folder), ids are checked once, and a sample of files is
+opened to compare sizes and label values.
 """
 
 import json
 import logging
 import os
+import unicodedata
+from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.coco import load_coco_json, load_sem_seg
+from detectron2.data.datasets.coco import load_coco_json
 from detectron2.utils.file_io import PathManager
 
 from ..tasks import TASKS, check_task, get_task
+from .image_io import display_size, exif_orientation
 from .panoptic_png import rgb_to_segment_ids
 
 logger = logging.getLogger(__name__)
@@ -33,12 +38,14 @@ __all__ = [
     "check_panoptic_segment_ids",
     "check_semantic_labels",
     "check_task",
+    "check_unique_image_ids",
     "get_dataset_task",
     "class_names_to_vocabulary",
     "register_panoptic_dataset",
     "register_semantic_dataset",
     "register_instance_dataset",
     "register_box_dataset",
+    "require_files",
     "require_path",
     "dataseg_metadata",
 ]
@@ -68,12 +75,14 @@ def get_dataset_task(dataset_name: str) -> str:
 def class_names_to_vocabulary(names: Sequence[str]) -> List[str]:
     """Normalise class names into DaTaSeg's vocabulary format.
 
-    Objects365-style "a/b" alternatives become the "a, b" synonym form the text classifier
-    understands; stray whitespace (ADE's "window ") is dropped.
+    Commas separate synonyms (``"tv,monitor"`` -> ``"tv, monitor"``); stray whitespace (ADE's
+    ``"window "``) is dropped. Nothing else splits a name: ``"AC/DC"`` stays one class embedded
+    as written (Objects365's ``"Cabinet/shelf"`` alternatives become synonyms only because its
+    registration passes ``text_names`` with commas).
     """
     vocab = []
     for name in names:
-        parts = [p.strip() for p in name.replace("/", ",").split(",")]
+        parts = [p.strip() for p in name.split(",")]
         vocab.append(", ".join(p for p in parts if p))
     return vocab
 
@@ -94,6 +103,63 @@ def require_path(path: str, what: str, dataset_name: str, hint: str = "", is_dir
         kind = "folder" if is_dir else "file"
         raise FileNotFoundError(
             f"Dataset {dataset_name!r}: {what} {kind} not found at expected path {path!r}.{hint}"
+        )
+
+
+# Missing files listed in one error; the count says how many more there are.
+_NUM_LISTED_FILES = 10
+
+
+def require_files(paths: Sequence[str], what: str, dataset_name: str, hint: str = ""):
+    """Raise one :class:`DatasetValidationError` listing the first of ``paths`` that are missing.
+
+    Cheap enough for every file of a dataset: one directory listing per folder, and a ``stat``
+    only for the names a listing lacks (a case-insensitive filesystem, a symlink). Checked at
+    load time, so a missing image fails before training or evaluation starts, not when the
+    data loader reaches it.
+    """
+    by_folder = defaultdict(list)
+    for path in paths:
+        by_folder[os.path.dirname(path)].append(path)
+    missing = []
+    for folder, files in by_folder.items():
+        try:
+            present = set(PathManager.ls(folder)) if folder else set(os.listdir("."))
+        except Exception:  # no such folder, or storage without listings: stat each file
+            present = set()
+        missing += [f for f in files
+                    if os.path.basename(f) not in present and not PathManager.isfile(f)]
+    if missing:
+        more = len(missing) - _NUM_LISTED_FILES
+        listed = ", ".join(repr(f) for f in missing[:_NUM_LISTED_FILES])
+        raise DatasetValidationError(
+            f"Dataset {dataset_name!r}: {len(missing)} of its {len(paths)} {what} files are "
+            f"missing: {listed}{f' and {more} more' if more > 0 else ''}. Restore them (an "
+            f"interrupted download or copy?) or remove their entries from the annotations.{hint}"
+        )
+
+
+def check_unique_image_ids(images: Sequence[Dict], json_file: str, dataset_name: str):
+    """Raise if two entries of a COCO (or COCO panoptic) json's ``images`` share an ``id``.
+
+    Loaders index images by id: a repeated id silently drops one of the photos and hands its
+    annotations to the other, and the evaluator then scores ground truth against the wrong
+    image.
+    """
+    files_of = defaultdict(list)
+    for image in images:
+        files_of[image.get("id")].append(image.get("file_name"))
+    repeated = [i for i, files in files_of.items() if len(files) > 1]
+    if repeated:
+        first = repeated[0]
+        others = ""
+        if len(repeated) > 1:
+            others = f" ({len(repeated)} ids are repeated: {repeated[:_NUM_LISTED_FILES]})"
+        raise DatasetValidationError(
+            f"Dataset {dataset_name!r}: {json_file!r} gives image id {first!r} to "
+            f"{len(files_of[first])} images {files_of[first][:_NUM_LISTED_FILES]}{others}. "
+            "Every image needs its own id: give each a distinct id and update the image_id of "
+            "its annotations."
         )
 
 
@@ -167,13 +233,31 @@ def dataseg_metadata(task: str, class_names: Sequence[str], isthing=None, test_o
 
 
 def _check_same_size(image_file: str, label_file: str, dataset_name: str):
+    """Compare a label map with its image as training sees it: in display orientation.
+
+    Images are read with their EXIF orientation applied (``dataseg.data.image_io``, as
+    detectron2 and labelme do), label maps as stored; so a label drawn on the displayed photo
+    (labelme's export) has the displayed size, which differs from the stored one under a
+    rotating orientation tag.
+    """
     with Image.open(image_file) as im, Image.open(label_file) as lab:
-        if im.size != lab.size:
+        (w, h), orientation = display_size(im), exif_orientation(im)
+        rotated = ""
+        if orientation != 1:
+            rotated = (f" The image carries EXIF orientation {orientation}: it is used as "
+                       f"displayed ({w}x{h}; stored {im.size[0]}x{im.size[1]}), so its label "
+                       "must be drawn on the displayed image (as labelme does). A label drawn "
+                       "on the stored pixels needs the image rotated the same way: save it "
+                       "with PIL.ImageOps.exif_transpose.")
+        if (w, h) != lab.size:
             raise DatasetValidationError(
-                f"Dataset {dataset_name!r}: image {image_file!r} is {im.size[0]}x{im.size[1]} "
+                f"Dataset {dataset_name!r}: image {image_file!r} is {w}x{h} "
                 f"but its annotation {label_file!r} is {lab.size[0]}x{lab.size[1]} (WxH); "
-                "masks and images must have the same size."
+                f"masks and images must have the same size.{rotated}"
             )
+        if orientation != 1 and (w, h) == im.size:
+            # The sizes cannot tell a label drawn on the stored pixels from a displayed one.
+            logger.warning(f"Dataset {dataset_name!r}: {image_file!r}:{rotated}")
 
 
 # ----------------------------------------------------------------------------- panoptic
@@ -213,6 +297,8 @@ def _load_panoptic(name, image_root, panoptic_root, panoptic_json, image_ext, te
         _set_metadata(name, **cat_meta, **common)
     thing_map = meta.thing_dataset_id_to_contiguous_id
     stuff_map = meta.stuff_dataset_id_to_contiguous_id
+    check_unique_image_ids(info.get("images", []), panoptic_json, name)
+    _check_one_png_per_image(info.get("annotations", []), panoptic_json, name)
     id_to_image = {img["id"]: img for img in info.get("images", [])}
     dicts = []
     for ann in info.get("annotations", []):
@@ -245,14 +331,30 @@ def _load_panoptic(name, image_root, panoptic_root, panoptic_json, image_ext, te
         raise DatasetValidationError(
             f"Dataset {name!r}: {panoptic_json!r} holds no annotations (empty dataset)."
         )
+    require_files([r["file_name"] for r in dicts], "image", name, hint)
+    require_files([r["pan_seg_file_name"] for r in dicts], "panoptic PNG", name, hint)
     for record in dicts[:_NUM_VALIDATED_FILES]:
-        require_path(record["file_name"], "image", name, hint, is_dir=False)
-        require_path(record["pan_seg_file_name"], "panoptic PNG", name, hint, is_dir=False)
         _check_same_size(record["file_name"], record["pan_seg_file_name"], name)
         with Image.open(record["pan_seg_file_name"]) as png:
             check_panoptic_segment_ids(np.asarray(png.convert("RGB")), record["segments_info"],
                                        record["pan_seg_file_name"], name)
     return dicts
+
+
+def _check_one_png_per_image(annotations: Sequence[Dict], panoptic_json: str, dataset_name: str):
+    """Raise if two annotations (PNGs) of a panoptic json describe the same ``image_id``: one
+    of them would be paired with a photo it was not drawn on."""
+    pngs_of = defaultdict(list)
+    for ann in annotations:
+        pngs_of[ann.get("image_id")].append(ann.get("file_name"))
+    for image_id, pngs in pngs_of.items():
+        if len(pngs) > 1:
+            raise DatasetValidationError(
+                f"Dataset {dataset_name!r}: {panoptic_json!r} has {len(pngs)} annotations for "
+                f"image id {image_id!r} (panoptic PNGs {pngs[:_NUM_LISTED_FILES]}); each image "
+                "has exactly one panoptic PNG. Give each annotation the image_id of the photo "
+                "its PNG was drawn on."
+            )
 
 
 def check_panoptic_segment_ids(rgb: np.ndarray, segments_info: Sequence[Dict], file_name: str,
@@ -341,21 +443,83 @@ def register_panoptic_dataset(
 
 
 # ----------------------------------------------------------------------------- semantic
+# Spellings of one file format: a folder of "jpg" images may hold ".JPG" and ".jpeg" files.
+_EXTENSION_VARIANTS = (("jpg", "jpeg"), ("tif", "tiff"))
+
+
+def _extension_variants(ext: str) -> List[str]:
+    """``ext`` and the other spellings of its format, lowercase (``"jpg"`` -> jpg, jpeg).
+
+    ``ext`` is a file-name ending as detectron2's ``load_sem_seg`` takes it (``"jpg"``,
+    ``".png"``, ``"_labelTrainIds.png"``); only its last extension has variants."""
+    ext = ext.lower()
+    head, dot, last = ext.rpartition(".")
+    for variants in _EXTENSION_VARIANTS:
+        if last in variants:
+            return [head + dot + v for v in variants]
+    return [ext]
+
+
+def _files_by_stem(folder: str, ext: str, what: str, dataset_name: str) -> Dict[str, str]:
+    """{name without ``ext``: path} of the files of ``folder`` ending with ``ext`` or one of its
+    variants, in any letter case (``a.JPG``, ``b.jpeg`` for ``"jpg"``)."""
+    endings = _extension_variants(ext)
+    found = {}
+    for f in sorted(PathManager.ls(folder)):
+        ending = next((e for e in endings if f.lower().endswith(e)), None)
+        if ending is None:
+            continue
+        stem = f[:len(f) - len(ending)].rstrip(".")
+        if stem in found:
+            raise DatasetValidationError(
+                f"Dataset {dataset_name!r}: {what} files {found[stem]!r} and "
+                f"{os.path.join(folder, f)!r} have the same name {stem!r}; images and label "
+                "maps are matched by name without extension. Remove or rename one."
+            )
+        found[stem] = os.path.join(folder, f)
+    return found
+
+
+def _match_semantic_files(name, image_root, sem_seg_root, image_ext, gt_ext, hint):
+    """Dataset dicts pairing each label map with the image of the same name.
+
+    As detectron2's ``load_sem_seg`` (files directly in the two folders, names compared
+    without extension) but extensions match in any case and spelling (``.JPG``, ``.jpeg``),
+    and a label map without its image is an error instead of being dropped. Images without
+    a label map are left out (a label folder may cover part of an image folder), with a
+    warning naming them.
+    """
+    labels = _files_by_stem(sem_seg_root, gt_ext, "label", name)
+    if not labels:
+        raise DatasetValidationError(
+            f"Dataset {name!r}: no label maps ending in {_extension_variants(gt_ext)} in "
+            f"{sem_seg_root!r} (empty dataset).{hint}"
+        )
+    images = _files_by_stem(image_root, image_ext, "image", name)
+    unmatched = sorted(set(labels) - set(images))
+    if unmatched:
+        listed = [labels[s] for s in unmatched[:_NUM_LISTED_FILES]]
+        raise DatasetValidationError(
+            f"Dataset {name!r}: {len(unmatched)} of {len(labels)} label maps have no image of "
+            f"the same name in {image_root!r} (looked for endings "
+            f"{_extension_variants(image_ext)}, any case): {listed}. Add the images, or pass "
+            "the image extension the folder uses as image_ext=."
+        )
+    unlabelled = sorted(set(images) - set(labels))
+    if unlabelled:
+        logger.warning(
+            f"Dataset {name!r}: {len(unlabelled)} images of {image_root!r} have no label map "
+            f"in {sem_seg_root!r} and are not used, e.g. "
+            f"{[images[s] for s in unlabelled[:3]]}.")
+    return [{"file_name": images[s], "sem_seg_file_name": labels[s]} for s in sorted(labels)]
+
+
 def _load_semantic(name, image_root, sem_seg_root, image_ext, gt_ext):
     meta = MetadataCatalog.get(name)
     hint = _hint(meta.as_dict())
     require_path(image_root, "image", name, hint)
     require_path(sem_seg_root, "semantic label", name, hint)
-    if not any(f.endswith(gt_ext) for f in PathManager.ls(sem_seg_root)):
-        raise DatasetValidationError(
-            f"Dataset {name!r}: no *.{gt_ext} label maps in {sem_seg_root!r} (empty dataset).{hint}"
-        )
-    dicts = load_sem_seg(sem_seg_root, image_root, gt_ext=gt_ext, image_ext=image_ext)
-    if not dicts:
-        raise DatasetValidationError(
-            f"Dataset {name!r}: no image in {image_root!r} matches a label map in "
-            f"{sem_seg_root!r} (empty dataset)."
-        )
+    dicts = _match_semantic_files(name, image_root, sem_seg_root, image_ext, gt_ext, hint)
     num_classes, ignore = len(meta.stuff_classes), meta.ignore_label
     for record in dicts[:_NUM_VALIDATED_FILES]:
         _check_same_size(record["file_name"], record["sem_seg_file_name"], name)
@@ -398,7 +562,8 @@ def register_semantic_dataset(
 
     Label maps hold contiguous ids ``0..len(class_names)-1`` and ``ignore_label`` (detectron2's
     convention, e.g. ADE20k's ``annotations_detectron2``); images and labels are matched by
-    their path relative to ``image_root``/``sem_seg_root`` without extension.
+    their name without extension. Extensions match in any case and spelling (``image_ext="jpg"``
+    takes ``.jpg``, ``.JPG``, ``.jpeg``); a label map without its image fails when loaded.
 
     Args:
         name: dataset name.
@@ -411,7 +576,7 @@ def register_semantic_dataset(
             the evaluation names.
         isthing: optional thing/stuff flags (default all stuff); only informative here.
         test_outputs: outputs needed to evaluate it (default ``("sem_seg",)``).
-        image_ext, gt_ext: file extensions.
+        image_ext, gt_ext: file extensions (or name endings, ``"_labelTrainIds.png"``).
         evaluator_type: evaluator registry key.
         replace: replace an existing registration.
         **extra_metadata: more metadata.
@@ -431,11 +596,11 @@ def register_semantic_dataset(
 
 
 # ----------------------------------------------------------------------------- COCO json
-def _coco_category_metadata(names: Sequence[str], ids: Sequence[int]) -> Dict:
-    return dict(
-        thing_classes=list(names),
-        thing_dataset_id_to_contiguous_id={int(c): i for i, c in enumerate(ids)},
-    )
+def _coco_category_metadata(names: Sequence[str], ids: Optional[Sequence[int]]) -> Dict:
+    meta = dict(thing_classes=list(names))
+    if ids is not None:  # else set when the json is loaded (_registered_id_map)
+        meta["thing_dataset_id_to_contiguous_id"] = {int(c): i for i, c in enumerate(ids)}
+    return meta
 
 
 def _json_categories(categories: Sequence[Dict]):
@@ -444,15 +609,23 @@ def _json_categories(categories: Sequence[Dict]):
     return [c["name"] for c in cats], [int(c["id"]) for c in cats]
 
 
-def _read_coco_categories(json_file: str, dataset_name: str):
+def _read_coco_list(json_file: str, key: str, dataset_name: str) -> List[Dict]:
+    """The json's top-level list ``key`` ("categories", "images"), in the json's order."""
     if os.path.isfile(json_file) and os.path.getsize(json_file) >= _CATEGORIES_SCAN_BYTES:
-        # Objects365-sized: find the categories without parsing every box at registration.
-        from .columnar import read_coco_categories
+        # Objects365-sized: find the list without parsing every box.
+        from .columnar import read_coco_list
 
-        categories = read_coco_categories(json_file)
-        if categories is not None:
-            return categories
-    return _read_json(json_file, "COCO json", dataset_name)["categories"]
+        found = read_coco_list(json_file, key)
+        if found is not None:
+            return found
+    info = _read_json(json_file, "COCO json", dataset_name)
+    if key == "images":
+        return info.get("images", [])
+    return info[key]
+
+
+def _read_coco_categories(json_file: str, dataset_name: str):
+    return _read_coco_list(json_file, "categories", dataset_name)
 
 
 _CATEGORIES_SCAN_BYTES = 16 * 2 ** 20
@@ -473,6 +646,72 @@ def _check_category_ids(name, json_file, registered_ids, json_ids, json_names):
         )
 
 
+def _name_key(name: str) -> str:
+    """How class names are compared with a json's category names: unicode-normalised (NFKC),
+    case-folded, surrounding whitespace stripped."""
+    return unicodedata.normalize("NFKC", name).strip().casefold()
+
+
+def _category_ids_of_names(dataset_name: str, json_file: str, names: Sequence[str],
+                           categories: Sequence[Dict]) -> List[int]:
+    """The json category id of each class name, for a registration without ``category_ids``.
+
+    Names that are the json's category names (in any order, ignoring case and surrounding
+    whitespace) take the ids of those categories. Other names (words chosen for the text
+    encoder) are read in the order of the json's ids, which is only unambiguous when the json
+    lists its categories in that order and no name is the name of another category.
+
+    Args:
+        names: registered class names, in contiguous-id order.
+        categories: the json's ``categories``, in the json's order.
+    Raises:
+        DatasetValidationError: the names cannot be assigned to the json's categories without
+            guessing; the message says to pass ``category_ids``.
+    """
+    if len(names) != len(categories):
+        raise DatasetValidationError(
+            f"Dataset {dataset_name!r}: {len(names)} class_names but {json_file!r} has "
+            f"{len(categories)} categories ({[c['name'] for c in categories][:5]}...); pass "
+            "category_ids= or omit class_names to take them from the json.")
+    ids_of = defaultdict(list)
+    for c in categories:
+        ids_of[_name_key(c["name"])].append(int(c["id"]))
+    keys = [_name_key(n) for n in names]
+    if sorted(keys) == sorted(ids_of) and all(len(ids) == 1 for ids in ids_of.values()):
+        return [ids_of[k][0] for k in keys]
+    listed = [int(c["id"]) for c in categories]
+    by_id = sorted(listed)
+    clashes = [f"{n!r} is the json's category {ids_of[k]} but would get id {i}"
+               for n, k, i in zip(names, keys, by_id) if k in ids_of and i not in ids_of[k]]
+    if clashes or listed != by_id:
+        why = "; ".join(clashes[:3]) if clashes else (
+            f"the json lists its categories in the order of ids {listed[:8]}"
+            f"{'...' if len(listed) > 8 else ''}, not sorted by id")
+        raise DatasetValidationError(
+            f"Dataset {dataset_name!r}: cannot tell which category of {json_file!r} each of "
+            f"class_names {list(names)[:5]}{'...' if len(names) > 5 else ''} is: they are not "
+            f"the json's category names ({[c['name'] for c in categories][:5]}...), and "
+            f"reading them in the order of the json's ids is ambiguous: {why}. "
+            "Pass category_ids= (the json's id of each class name, in the order of "
+            "class_names), use the json's category names, or omit class_names to take names "
+            "and ids from the json.")
+    return by_id
+
+
+def _registered_id_map(name: str, json_file: str) -> Dict[int, int]:
+    """json category id -> registered contiguous id of a loaded COCO dataset. Class names
+    registered before the json existed, without ``category_ids``, get their ids now, as a
+    registration that found the json would have given them."""
+    meta = MetadataCatalog.get(name)
+    id_map = meta.get("thing_dataset_id_to_contiguous_id", None)
+    if id_map is None:
+        ids = _category_ids_of_names(name, json_file, meta.thing_classes,
+                                     _read_coco_categories(json_file, name))
+        id_map = {c: i for i, c in enumerate(ids)}
+        _set_metadata(name, thing_dataset_id_to_contiguous_id=id_map)
+    return id_map
+
+
 def _load_coco(name, json_file, image_root, task, keep_masks):
     meta = MetadataCatalog.get(name)
     hint = _hint(meta.as_dict())
@@ -486,6 +725,8 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
         columnar = load_columnar_box_dicts(name, json_file, image_root)
         if columnar is not None:
             return columnar
+    # pycocotools indexes images by id: a repeated id would vanish without a trace.
+    check_unique_image_ids(_read_coco_list(json_file, "images", name), json_file, name)
     # load_coco_json reports the json's own categories through the metadata of the name it is
     # given (and maps annotations to their contiguous order): a private name, so the
     # registered metadata is compared with the json instead of being overwritten by it.
@@ -516,7 +757,7 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
     if not meta.get("dataseg_classes", None):
         _set_metadata(name, **_coco_category_metadata(json_names, json_ids),
                       **dataseg_metadata(task, json_names, None, None, "coco", {}))
-    id_map = meta.thing_dataset_id_to_contiguous_id
+    id_map = _registered_id_map(name, json_file)
     _check_category_ids(name, json_file, list(id_map), json_ids, json_names)
     # json order -> json id -> registered order (the same when the registration read the json).
     to_registered = [id_map[c] for c in json_ids]
@@ -527,40 +768,42 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
                 obj.pop("segmentation", None)
     if not dicts:
         raise DatasetValidationError(f"Dataset {name!r}: {json_file!r} has no images.")
-    for record in dicts[:_NUM_VALIDATED_FILES]:
-        require_path(record["file_name"], "image", name, hint, is_dir=False)
+    require_files([record["file_name"] for record in dicts], "image", name, hint)
     return dicts
 
 
 def _register_coco(name, json_file, image_root, task, class_names, test_outputs,
                    eval_tasks, keep_masks, replace, extra_metadata):
     category_ids = extra_metadata.pop("category_ids", None)
-    json_names = json_ids = None
+    text_names = extra_metadata.pop("text_names", None)
+    categories = json_names = json_ids = None
     if PathManager.isfile(json_file):
-        json_names, json_ids = _json_categories(_read_coco_categories(json_file, name))
+        categories = _read_coco_categories(json_file, name)
+        json_names, json_ids = _json_categories(categories)
     if class_names is None and json_names is not None:
         class_names, category_ids = json_names, json_ids
+    if text_names is not None and class_names is None:
+        raise ValueError(
+            f"Dataset {name!r}: text_names need class_names (one text per class, in their "
+            f"order) while {json_file!r} does not exist yet.")
     meta = dict(json_file=json_file, image_root=image_root, evaluator_type="coco",
                 coco_eval_tasks=tuple(eval_tasks), **extra_metadata)
     if class_names is not None:
         names = list(class_names)
-        if category_ids is None:
-            if json_ids is not None and len(json_ids) != len(names):
+        ids = None  # names without ids, before the json exists: matched with it when loaded
+        if category_ids is None and categories is not None:
+            ids = _category_ids_of_names(name, json_file, names, categories)
+        elif category_ids is not None:
+            ids = [int(c) for c in category_ids]
+            if len(ids) != len(names) or len(set(ids)) != len(ids):
                 raise ValueError(
-                    f"Dataset {name!r}: {len(names)} class_names but {json_file!r} has "
-                    f"{len(json_ids)} categories ({json_names[:5]}...); pass category_ids= or "
-                    "omit class_names to take them from the json.")
-            # The json's ids in their order; before the json exists, 1..C (checked at load).
-            category_ids = json_ids if json_ids is not None else range(1, len(names) + 1)
-        ids = [int(c) for c in category_ids]
-        if len(ids) != len(names) or len(set(ids)) != len(ids):
-            raise ValueError(
-                f"Dataset {name!r}: category_ids must be {len(names)} distinct ids, one per "
-                f"class name; got {ids}.")
-        if json_ids is not None:
+                    f"Dataset {name!r}: category_ids must be {len(names)} distinct ids, one "
+                    f"per class name; got {ids}.")
+        if ids is not None and json_ids is not None:
             _check_category_ids(name, json_file, ids, json_ids, json_names)
         meta.update(**_coco_category_metadata(names, ids),
-                    **dataseg_metadata(task, names, None, test_outputs, "coco", {}))
+                    **dataseg_metadata(task, _text_names(text_names, names, name), None,
+                                       test_outputs, "coco", {}))
     _register(
         name, lambda: _load_coco(name, json_file, image_root, task, keep_masks), meta, replace
     )
@@ -573,6 +816,7 @@ def register_instance_dataset(
     *,
     class_names: Optional[Sequence[str]] = None,
     category_ids: Optional[Sequence[int]] = None,
+    text_names: Optional[Sequence[str]] = None,
     test_outputs: Optional[Sequence[str]] = None,
     replace: bool = False,
     **extra_metadata,
@@ -585,16 +829,22 @@ def register_instance_dataset(
         image_root: images folder.
         class_names: names in contiguous order; ``None`` reads the json's categories (sorted by
             id) now if it exists, else when first loaded.
-        category_ids: the json's category ids in the order of ``class_names`` (default: the
-            json's ids sorted, or ``1..C`` while the json does not exist yet). The json's ids
-            are the truth: ids that disagree with its categories fail, naming both.
+        category_ids: the json's category ids in the order of ``class_names``. Default:
+            names that are the json's category names take their ids (in any order, ignoring
+            case); other names take the json's ids sorted, when the json lists its categories
+            in id order, else registration fails asking for ``category_ids``. Without the json
+            yet, this happens when it is loaded. The json's ids are the truth: ids that
+            disagree with its categories fail, naming both.
+        text_names: what the text encoder embeds for each class (``dataseg_classes``; commas
+            separate synonyms), when the names are not the words to embed; default the class
+            names, which stay the evaluation names.
         test_outputs: outputs needed to evaluate it (default ``("instances",)``).
         replace: replace an existing registration.
         **extra_metadata: more metadata.
     """
     _register_coco(name, json_file, image_root, "instance", class_names, test_outputs,
                    ("segm", "bbox"), True, replace,
-                   dict(extra_metadata, category_ids=category_ids))
+                   dict(extra_metadata, category_ids=category_ids, text_names=text_names))
 
 
 def register_box_dataset(
@@ -604,6 +854,7 @@ def register_box_dataset(
     *,
     class_names: Optional[Sequence[str]] = None,
     category_ids: Optional[Sequence[int]] = None,
+    text_names: Optional[Sequence[str]] = None,
     has_masks: bool = False,
     test_outputs: Optional[Sequence[str]] = None,
     columnar_cache: Optional[bool] = None,
@@ -631,4 +882,5 @@ def register_box_dataset(
         extra_metadata["dataseg_columnar_cache_dir"] = columnar_cache_dir
     eval_tasks = ("bbox", "segm") if has_masks else ("bbox",)
     _register_coco(name, json_file, image_root, "box", class_names, test_outputs, eval_tasks,
-                   has_masks, replace, dict(extra_metadata, category_ids=category_ids))
+                   has_masks, replace,
+                   dict(extra_metadata, category_ids=category_ids, text_names=text_names))

@@ -48,12 +48,15 @@ __all__ = [
     "ensure_columnar_cache",
     "load_columnar_box_dicts",
     "read_coco_categories",
+    "read_coco_list",
     "use_columnar_cache",
 ]
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = 1
+# 2: repeated image ids are refused when building (format 1 kept the last entry), so caches
+# built before that are rebuilt once and their json checked.
+_FORMAT = 2
 # Box jsons at least this large are loaded through the cache unless the registration says
 # otherwise (``columnar_cache=``): Objects365 v2 val (~0.2 GB) and train (several GB) are, COCO-
 # sized box sets stay on the plain path, whose load takes seconds. Not in the paper.
@@ -177,26 +180,43 @@ def read_coco_categories(json_file: str, window: int = 1 << 20) -> Optional[List
     """The ``categories`` of a COCO json without parsing its images and annotations.
 
     Registration needs only the categories; ``json.load`` of an Objects365-sized file costs
-    minutes and tens of GB. Looks for the ``"categories"`` key in the file's first and last
-    ``window`` bytes (where writers put it), then in the whole file, and decodes the list that
-    follows. Returns ``None`` when no such list is found (the caller parses the whole json).
+    minutes and tens of GB. See :func:`read_coco_list`.
+    """
+    return read_coco_list(json_file, "categories", window)
+
+
+# What each top-level list's elements must hold to be taken for that list (a key of the same
+# name elsewhere in the file, inside a string or a nested object, is skipped).
+_LIST_KEYS = {"categories": ("id", "name"), "images": ("id", "file_name")}
+
+
+def read_coco_list(json_file: str, key: str, window: int = 1 << 20) -> Optional[List[Dict]]:
+    """The top-level list ``key`` ("categories", "images") of a COCO json, without parsing
+    the rest of it.
+
+    Looks for the ``"<key>"`` key in the file's first and last ``window`` bytes (where writers
+    put it), then in the whole file, and decodes the list that follows. Returns ``None`` when
+    no such list is found (the caller parses the whole json).
     """
     import mmap
 
+    needle = f'"{key}"'.encode()
     with open(json_file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         size = len(m)
         ranges = [(0, min(size, window)), (max(0, size - window), size), (0, size)]
         for lo, hi in ranges:
-            pos = m.find(b'"categories"', lo, hi)
+            pos = m.find(needle, lo, hi)
             while pos != -1:
-                categories = _decode_categories(m, pos + len(b'"categories"'))
-                if categories is not None:
-                    return categories
-                pos = m.find(b'"categories"', pos + 1, hi)
+                found = _decode_list(m, pos + len(needle), _LIST_KEYS[key],
+                                     allow_empty=key != "categories")
+                if found is not None:
+                    return found
+                pos = m.find(needle, pos + 1, hi)
     return None
 
 
-def _decode_categories(m, start: int) -> Optional[List[Dict]]:
+def _decode_list(m, start: int, required: Sequence[str],
+                 allow_empty: bool) -> Optional[List[Dict]]:
     text_len = 1 << 16
     decoder = json.JSONDecoder()
     while True:
@@ -211,8 +231,8 @@ def _decode_categories(m, start: int) -> Optional[List[Dict]]:
                 return None
             text_len *= 4
             continue
-        ok = isinstance(value, list) and value and all(
-            isinstance(c, dict) and "id" in c and "name" in c for c in value)
+        ok = isinstance(value, list) and (value or allow_empty) and all(
+            isinstance(c, dict) and all(k in c for k in required) for c in value)
         return value if ok else None
 
 
@@ -227,10 +247,10 @@ def _valid_polygons(segm) -> bool:
 def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     """Convert a COCO box json into the cache folder ``folder`` (which must not exist yet).
 
-    Reproduces ``load_coco_json``'s reading: images sorted by id (a repeated id keeps its last
-    entry), annotations grouped by image in file order, annotations of unknown images dropped,
-    annotations with only invalid polygons dropped, category ids checked against the json's
-    categories, annotation ids unique (except for "minival" files, as detectron2).
+    Reproduces ``load_coco_json``'s reading: images sorted by id, annotations grouped by image
+    in file order, annotations of unknown images dropped, annotations with only invalid
+    polygons dropped, category ids checked against the json's categories, annotation ids
+    unique (except for "minival" files, as detectron2).
 
     Args:
         json_file: the COCO json.
@@ -245,7 +265,8 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
         json.JSONDecodeError, KeyError, ValueError: an invalid json (callers turn these into
             actionable messages). An annotation without ``category_id`` is a ValueError when the
             json has categories (the json path fails on it too: pycocotools indexes every
-            annotation by ``category_id``).
+            annotation by ``category_id``), and so is an image id given to several images
+            (pycocotools would keep one of them and hand it the others' annotations).
     """
     start = time.perf_counter()
     img_ids, heights, widths = array.array("q"), array.array("q"), array.array("q")
@@ -334,7 +355,8 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     # Columns are written (and their inputs released) one by one: the build's peak is about
     # twice the boxes' raw columns, not the parsed json.
     img_ids = as_np(img_ids, np.int64)
-    # Sorted ids; a repeated id keeps its LAST entry, as pycocotools' index does.
+    _check_unique_image_ids(img_ids, names, name_offsets, json_file)
+    # Sorted ids (unique: checked above); rows of the json in that order.
     sorted_ids, first_in_reversed = np.unique(img_ids[::-1], return_index=True)
     rows = len(img_ids) - 1 - first_in_reversed
     save("image_ids", sorted_ids)
@@ -415,6 +437,24 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
         logger.warning(f"Filtered out {num_invalid_segm} instances without valid segmentation "
                        f"in {json_file}.")
     return meta
+
+
+def _check_unique_image_ids(img_ids: np.ndarray, names: bytearray, name_offsets, json_file):
+    """ValueError naming the first image id of the json given to several images, and their
+    file names (the message catalog.check_unique_image_ids gives on the json path)."""
+    values, counts = np.unique(img_ids, return_counts=True)
+    repeated = values[counts > 1]
+    if not len(repeated):
+        return
+    first = int(repeated[0])
+    rows = np.flatnonzero(img_ids == first)
+    files = [bytes(names[name_offsets[r]:name_offsets[r + 1]]).decode("utf-8") for r in rows]
+    others = f" ({len(repeated)} ids are repeated: {repeated[:10].tolist()})" \
+        if len(repeated) > 1 else ""
+    raise ValueError(
+        f"'{json_file}' gives image id {first} to {len(files)} images {files[:10]}{others}. "
+        "Every image needs its own id: give each a distinct id and update the image_id of its "
+        "annotations.")
 
 
 def _is_complete(folder: str) -> bool:
@@ -667,6 +707,15 @@ class ColumnarDatasetDicts(Sequence):
         base = indices if self.indices is None else self.indices[indices]
         return ColumnarDatasetDicts(self.folder, self.image_root, self.to_registered, base)
 
+    def file_names(self) -> List[str]:
+        """``file_name`` of every record, in order, without building the records."""
+        names = bytes(self._file_name_bytes)
+        offsets = self._file_name_offsets
+        rows = range(len(self._image_ids)) if self.indices is None else self.indices.tolist()
+        root = self.image_root
+        return [os.path.join(root, names[offsets[i]:offsets[i + 1]].decode("utf-8"))
+                for i in rows]
+
     def without_crowd_only_images(self) -> "ColumnarDatasetDicts":
         """detectron2's ``filter_images_with_only_crowd_annotations`` on the arrays: keeps the
         images with at least one annotation whose ``iscrowd`` is 0 or absent."""
@@ -686,8 +735,8 @@ def load_columnar_box_dicts(name: str, json_file: str, image_root: str):
     path (cache not wanted by the registration / size, or the json holds what it cannot keep).
 
     Does what ``catalog._load_coco`` does after reading the json: deferred category metadata,
-    registered-vs-json category check, mapping to the registered contiguous ids, a check of the
-    first image files.
+    registered-vs-json category check, mapping to the registered contiguous ids, a check that
+    every image file exists.
     """
     from detectron2.data import MetadataCatalog
 
@@ -722,14 +771,12 @@ def load_columnar_box_dicts(name: str, json_file: str, image_root: str):
         catalog._set_metadata(name, **catalog._coco_category_metadata(json_names, json_ids),
                               **catalog.dataseg_metadata("box", json_names, None, None, "coco",
                                                          {}))
-    id_map = meta.thing_dataset_id_to_contiguous_id
+    id_map = catalog._registered_id_map(name, json_file)
     catalog._check_category_ids(name, json_file, list(id_map), json_ids, json_names)
     dicts = ColumnarDatasetDicts(folder, image_root, [id_map[c] for c in json_ids])
     if not len(dicts):
         raise catalog.DatasetValidationError(f"Dataset {name!r}: {json_file!r} has no images.")
-    hint = catalog._hint(meta.as_dict())
-    for record in dicts[:catalog._NUM_VALIDATED_FILES]:
-        catalog.require_path(record["file_name"], "image", name, hint, is_dir=False)
+    catalog.require_files(dicts.file_names(), "image", name, catalog._hint(meta.as_dict()))
     return dicts
 
 

@@ -17,6 +17,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from ..config import default_vocabulary_name
+from ..data.image_io import as_uint8_image
 from ..data.mappers.base import test_image_size
 from ..modeling.meta_arch import DaTaSeg
 from ..tasks import TASKS, get_task
@@ -61,8 +62,9 @@ class DaTaSegPredictor(DefaultPredictor):
     Compared with detectron2's ``DefaultPredictor`` it
 
     1. loads ``cfg.MODEL.WEIGHTS`` with :class:`DaTaSegCheckpointer` (a checkpoint trained
-       against text embeddings of another width fails instead of running with a random
-       classifier; a missing file fails with its path);
+       against text embeddings of another width, or one that does not fill every tensor of
+       the configured model, fails instead of running with random weights in places, unless
+       ``MODEL.DATASEG.TEST.ALLOW_PARTIAL_WEIGHTS``; a missing file fails with its path);
     2. scores classes against a vocabulary: a registered dataset's (``vocabulary=``), any
        class names (``classes=``), or both (the dataset's classes, then the extra names);
        with neither, the config's default vocabulary
@@ -122,6 +124,7 @@ class DaTaSegPredictor(DefaultPredictor):
                 raise FileNotFoundError(f"MODEL.WEIGHTS file {local!r} does not exist.")
             DaTaSegCheckpointer(
                 self.model, min_backbone_fraction=cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
+                allow_partial=cfg.MODEL.DATASEG.TEST.ALLOW_PARTIAL_WEIGHTS,
             ).load(weights)
         self.set_vocabulary(vocabulary=vocabulary, classes=classes, task=task, isthing=isthing)
 
@@ -196,6 +199,7 @@ class DaTaSegPredictor(DefaultPredictor):
                 "DaTaSegPredictor takes one (H, W, 3) BGR numpy image (cv2.imread), got "
                 f"{type(original_image).__name__} of shape "
                 f"{getattr(original_image, 'shape', '?')}.")
+        original_image = as_uint8_image(original_image)  # 16-bit input: as read_image reads it
         with torch.no_grad():
             if self.input_format == "RGB":
                 original_image = original_image[:, :, ::-1]

@@ -5,11 +5,11 @@ import os
 
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 from PIL import Image
 
+from ..data.image_io import read_image
 from ..utils.visualizer import draw_predictions, visualization_metadata
 
 __all__ = ["PredictionVisualizationHook", "save_prediction_drawings"]

@@ -2,11 +2,13 @@
 
 A vocabulary is the list of a dataset's class names in contiguous-id order. One entry may hold
 several synonyms separated by commas (``"tv, television, monitor"``); every synonym is embedded
-and the results are reduced to one class (see ``dataseg.text.ensemble``).
+and the results are reduced to one class (see ``dataseg.text.ensemble``). Commas are the only
+separator: ``"AC/DC"`` is one name, embedded as written.
 """
 
 import re
-from collections import Counter
+import unicodedata
+from collections import Counter, defaultdict
 from typing import List, Optional, Sequence
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "split_synonyms",
     "validate_class_names",
     "dataset_class_names",
+    "embedding_text_key",
 ]
 
 
@@ -115,13 +118,27 @@ def normalize_class_name(class_name: str) -> str:
     return ", ".join(s.lower() for s in split_synonyms(class_name))
 
 
+def embedding_text_key(class_name: str) -> tuple:
+    """What a text encoder sees of a class: its synonyms once unicode forms, accents, case and
+    spacing are normalised away (MiniLM's uncased tokenizer strips accents, CLIP's lowercases
+    and cleans whitespace), as a sorted tuple (synonym order does not change the average).
+
+    ``"Café"``, ``"cafe"`` and ``"ｃａｆｅ"`` (full-width) have the same key.
+    """
+    text = unicodedata.normalize("NFKD", class_name)
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return tuple(sorted({" ".join(s.casefold().split()) for s in split_synonyms(text)}))
+
+
 def validate_class_names(class_names: Sequence[str]) -> List[str]:
     """Check a vocabulary and return it as a list of str.
 
     Raises:
         ValueError: if the list is empty, holds a non-string or empty name, or two names are
-            equal after :func:`normalize_class_name` (two columns would then compete for the
-            same concept and the classifier could never separate them).
+            equal after :func:`normalize_class_name` or have the same
+            :func:`embedding_text_key` (``"cafe"`` and ``"café"``): two columns would then
+            compete for the same concept with (nearly) identical embeddings and the classifier
+            could never separate them.
     """
     if isinstance(class_names, str):
         raise ValueError(
@@ -139,6 +156,17 @@ def validate_class_names(class_names: Sequence[str]) -> List[str]:
         raise ValueError(
             "Duplicate class names after normalisation (lowercase, strip): "
             f"{duplicates}. Rename or merge them so every class has a distinct name."
+        )
+    by_key = defaultdict(list)
+    for name in names:
+        by_key[embedding_text_key(name)].append(name)
+    collisions = [group for group in by_key.values() if len(group) > 1]
+    if collisions:
+        raise ValueError(
+            f"Class names {collisions[:5]} differ only by accents, unicode form, case, spacing "
+            "or synonym order: a text encoder sees the same text for each and gives them "
+            "(nearly) identical embeddings, so the classifier cannot tell them apart. Rename "
+            "them with different words, or merge them into one class."
         )
     return names
 

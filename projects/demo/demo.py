@@ -38,7 +38,6 @@ import cv2
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
@@ -46,6 +45,7 @@ from detectron2.utils.visualizer import ColorMode
 from PIL import Image
 
 import dataseg  # noqa: F401  (registers DaTaSeg)
+from dataseg.data.image_io import read_image
 from dataseg.data.panoptic_png import segment_ids_to_rgb
 from dataseg.engine import DaTaSegPredictor, get_dataseg_cfg
 from dataseg.engine.checkpoint import local_weights_file
@@ -229,6 +229,43 @@ def output_stems(files):
     return [r.replace(".", "_") if counts[s] > 1 else s for r, s in zip(relative, stems)]
 
 
+def drawing_path(output, stem, task):
+    """Where an image run draws ``task`` for the input of output name ``stem``."""
+    return os.path.join(output, f"{stem}_{task}.png")
+
+
+def image_run_outputs(args, stems):
+    """Every file an image run will write (drawings and --save-predictions files)."""
+    if not args.output:
+        return []
+    paths = [drawing_path(args.output, stem, task) for stem in stems for task in args.task]
+    if args.save_predictions:
+        paths += PredictionWriter.files(os.path.join(args.output, "predictions"), args.task,
+                                        stems)
+    return paths
+
+
+def check_no_overwrite(inputs, outputs):
+    """Refuse a run that would write over one of its inputs.
+
+    Inputs are listed before anything is written, so a drawing is never read back as an
+    input; but a drawing named like an input (``--output`` = the input folder holding an
+    earlier run's ``x_panoptic.png``, or a video written over itself) would destroy it.
+    """
+    def key(path):
+        return os.path.normcase(os.path.realpath(path))
+
+    by_key = {key(p): p for p in inputs}
+    clashes = [(out, by_key[key(out)]) for out in outputs if key(out) in by_key]
+    if clashes:
+        shown = ", ".join(f"{out} (input {inp})" for out, inp in clashes[:3])
+        more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        raise SystemExit(
+            f"--output would overwrite {len(clashes)} input file(s): {shown}{more}. Write to "
+            "another folder (e.g. a new one next to the inputs), or move earlier drawings out "
+            "of the input folder.")
+
+
 def check_weights(cfg):
     if not cfg.MODEL.WEIGHTS:
         raise SystemExit(
@@ -362,6 +399,14 @@ class PredictionWriter:
         self.panoptic.append({"image_id": image_id, "file_name": file_name,
                               "segments_info": infos})
 
+    @staticmethod
+    def files(root, tasks, stems):
+        """The paths a writer of these tasks writes under ``root`` for these inputs."""
+        folders = [t for t in ("panoptic", "semantic") if t in tasks]
+        paths = [os.path.join(root, folder, stem + ".png") for folder in folders for stem in stems]
+        return paths + [os.path.join(root, name) for task, name in (
+            ("panoptic", "panoptic.json"), ("instance", "instances.json")) if task in tasks]
+
     def _save(self, image, folder, stem):
         path = os.path.join(self.root, folder, stem + ".png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -384,9 +429,12 @@ class PredictionWriter:
 
 
 # ---- runs ---------------------------------------------------------------------------------
-def run_images(args, cfg, predictor):
-    images = list_images(args.input)
+def run_images(args, cfg, predictor, images=None):
+    """Predict, summarise and draw every input image; ``images``: the listed inputs
+    (default: listed now from ``args.input``). Returns the exit status."""
+    images = list_images(args.input) if images is None else images
     stems = output_stems(images)
+    check_no_overwrite(images, image_run_outputs(args, stems))
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in images])
     names = predictor.metadata.thing_classes
     writer = None
@@ -416,7 +464,7 @@ def run_images(args, cfg, predictor):
                 drawing = draw_predictions(rgb, predictions, predictor.class_names,
                                            TASK_OUTPUTS[task], args.score_threshold,
                                            metadata=predictor.metadata)
-                out_path = os.path.join(args.output, f"{stem}_{task}.png")
+                out_path = drawing_path(args.output, stem, task)
                 os.makedirs(os.path.dirname(out_path), exist_ok=True)
                 Image.fromarray(drawing).save(out_path)
                 logger.info(f"{path} -> {out_path}")
@@ -485,6 +533,7 @@ def run_video(args, cfg, predictor):
     width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
     paths = video_outputs(args)
+    check_no_overwrite([args.video_input], [p for p in paths.values() if p])
     writers = {}
     # Released on every exit (an error, Ctrl-C): an unreleased writer leaves an unplayable file.
     try:
@@ -533,18 +582,23 @@ def main(argv=None):
     setup_logger(name="dataseg")
     cfg = get_dataseg_cfg(args.config_file, args.opts)
     classes, isthing = resolve_vocabulary(args)
-    # Fail on a wrong path before loading the model.
+    # Fail on a wrong path before loading the model. The inputs are listed once, before
+    # anything is written: a drawing saved into an input folder is never read back.
+    images = None
     if args.input:
-        list_images(args.input)
+        images = list_images(args.input)
+        check_no_overwrite(images, image_run_outputs(args, output_stems(images)))
     elif not os.path.isfile(args.video_input):
         raise SystemExit(f"--video-input {args.video_input!r} cannot be opened as a video "
                          "(no such file)")
+    else:
+        check_no_overwrite([args.video_input], [p for p in video_outputs(args).values() if p])
     check_weights(cfg)
     predictor = DaTaSegPredictor(cfg, vocabulary=args.vocabulary, classes=classes,
                                  task=args.task, isthing=isthing)
     if args.video_input:
         return run_video(args, cfg, predictor)
-    return run_images(args, cfg, predictor)
+    return run_images(args, cfg, predictor, images)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..image_io import read_image
+
 __all__ = ["DaTaSegDatasetMapper", "build_lsj_augmentation", "per_dataset_value",
            "test_image_size"]
 
@@ -142,7 +144,8 @@ class DaTaSegDatasetMapper:
     # -- contract ----------------------------------------------------------------------------
     def __call__(self, dataset_dict: Dict) -> Dict:
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        # EXIF orientation applied, 16-bit images scaled to 8-bit (dataseg.data.image_io).
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         # Also fills height/width (original size) when the dict lacks them.
         utils.check_image_size(dataset_dict, image)
         label_maps = self.read_label_maps(dataset_dict, image.shape[:2]) if self.is_train else {}
