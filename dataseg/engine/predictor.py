@@ -7,7 +7,8 @@ scored against, the per-dataset test resize and the project's checkpointer.
 
 import logging
 import os
-from typing import List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ from ..text.vocabulary import normalize_class_name
 from ..utils.visualizer import visualization_metadata
 from .checkpoint import DaTaSegCheckpointer, local_weights_file
 
-__all__ = ["DaTaSegPredictor", "task_outputs"]
+__all__ = ["DaTaSegPredictor", "PredictorVocabulary", "build_inference_model",
+           "resolve_vocabulary", "task_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,114 @@ def _registered(name: str):
         f"Vocabulary {name!r} is not a dataset registered with DaTaSeg metadata "
         f"(dataseg_classes); registered: {registered}. Give class names with classes=[...] "
         "instead.")
+
+
+def build_inference_model(cfg):
+    """The model of ``cfg`` in eval mode with ``cfg.MODEL.WEIGHTS`` loaded for inference.
+
+    Weights are loaded with :class:`DaTaSegCheckpointer`, which refuses a checkpoint that
+    does not fill every tensor of the configured model (unless
+    ``MODEL.DATASEG.TEST.ALLOW_PARTIAL_WEIGHTS``); a missing local file fails with its path;
+    empty ``MODEL.WEIGHTS`` keeps the random initialisation, with a warning.
+    """
+    model = build_model(cfg)
+    model.eval()
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        logger.warning("MODEL.WEIGHTS is empty: the model is randomly initialised.")
+    else:
+        local = local_weights_file(weights)
+        if local is not None and not os.path.isfile(local):
+            raise FileNotFoundError(f"MODEL.WEIGHTS file {local!r} does not exist.")
+        DaTaSegCheckpointer(
+            model, min_backbone_fraction=cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
+            allow_partial=cfg.MODEL.DATASEG.TEST.ALLOW_PARTIAL_WEIGHTS,
+        ).load(weights)
+    return model
+
+
+@dataclass
+class PredictorVocabulary:
+    """What a predictor scores against and produces (:func:`resolve_vocabulary`).
+
+    Attributes:
+        vocabulary: the registered dataset it starts from, or None (class names only).
+        class_names: the classes, in output order (entries may hold comma-separated synonyms).
+        isthing: thing flag per class.
+        tasks: the tasks asked for; ``task`` is the one the vocabulary is set with
+            ("panoptic" when asked for, since it needs the thing/stuff split).
+        outputs: the output keys each call returns.
+        metadata: drawing metadata (class names and the dataset's palette).
+        test_size: (shortest edge, longest edge) of the test resize.
+    """
+
+    vocabulary: Optional[str]
+    class_names: List[str]
+    isthing: List[bool]
+    tasks: List[str]
+    task: str
+    outputs: tuple
+    metadata: object
+    test_size: Tuple[int, int]
+
+
+def resolve_vocabulary(cfg, vocabulary: Optional[str] = None,
+                       classes: Optional[Sequence[str]] = None,
+                       task: Union[str, Sequence[str], None] = None,
+                       isthing: Optional[Sequence[bool]] = None) -> PredictorVocabulary:
+    """The classes, flags, outputs and test size of a predictor's vocabulary.
+
+    Arguments as :class:`DaTaSegPredictor`'s (its rules: a registered dataset, class names,
+    or both; with neither, the config's default vocabulary). Shared by every predictor of
+    the project, so they resolve a vocabulary alike.
+
+    Raises:
+        ValueError: an unknown vocabulary or task, ``isthing`` of the wrong length, or a
+            panoptic task without thing/stuff flags.
+    """
+    tasks = [task] if isinstance(task, str) else list(task or [])
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"Unknown task {t!r}; DaTaSeg's tasks are {list(TASKS)}.")
+    extra = []  # given names, without empties and repeats (as the text encoder sees them)
+    for c in (str(c).strip() for c in (classes or [])):
+        if c and normalize_class_name(c) not in {normalize_class_name(e) for e in extra}:
+            extra.append(c)
+    if vocabulary is None and not extra:
+        vocabulary = default_vocabulary_name(cfg)
+        if not vocabulary:
+            raise ValueError(
+                "No vocabulary: pass vocabulary=<registered dataset> or classes=[...], or "
+                "name a default in the config (MODEL.DATASEG.TEST.DEFAULT_VOCABULARY or "
+                "DATASETS.TEST).")
+    meta = _registered(vocabulary) if vocabulary else None
+    names: List[str] = list(meta.dataseg_classes) if meta is not None else []
+    flags: List[bool] = list(meta.dataseg_isthing) if meta is not None else []
+    known = {normalize_class_name(n) for n in names}
+    # Extra names already in the dataset's vocabulary would split its score in two.
+    extra = [c for c in extra if normalize_class_name(c) not in known]
+    names += extra
+    flags += [True] * len(extra)
+    if isthing is not None:
+        flags = [bool(t) for t in isthing]
+        if len(flags) != len(names):
+            raise ValueError(f"isthing has {len(flags)} flags for {len(names)} classes "
+                             f"({names}).")
+    if not tasks:
+        tasks = [meta.dataseg_task] if meta is not None else ["semantic"]
+        outputs = tuple(meta.get("dataseg_test_outputs", None) or ()) if meta is not None \
+            else ()
+        outputs = outputs or task_outputs(tasks)
+    else:
+        outputs = task_outputs(tasks)
+    # Panoptic inference is the one that needs the thing/stuff split; the model checks it.
+    vocab_task = "panoptic" if "panoptic" in tasks else tasks[0]
+    # The model's own checks (task, flags, outputs), with its messages.
+    info = DaTaSeg.make_info(PREDICTOR_VOCABULARY, names, vocab_task, flags, outputs)
+    return PredictorVocabulary(
+        vocabulary=vocabulary, class_names=names, isthing=info["isthing"], tasks=tasks,
+        task=vocab_task, outputs=outputs, metadata=visualization_metadata(names, meta),
+        test_size=test_image_size(cfg, vocabulary))
 
 
 class DaTaSegPredictor(DefaultPredictor):
@@ -112,20 +222,7 @@ class DaTaSegPredictor(DefaultPredictor):
             raise ValueError(
                 f"DaTaSegPredictor takes BGR images and converts them to INPUT.FORMAT; it "
                 f"supports RGB and BGR, not {self.input_format!r}.")
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        weights = cfg.MODEL.WEIGHTS
-        if not weights:
-            logger.warning("MODEL.WEIGHTS is empty: the predictor runs a randomly initialised "
-                           "model.")
-        else:
-            local = local_weights_file(weights)
-            if local is not None and not os.path.isfile(local):
-                raise FileNotFoundError(f"MODEL.WEIGHTS file {local!r} does not exist.")
-            DaTaSegCheckpointer(
-                self.model, min_backbone_fraction=cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
-                allow_partial=cfg.MODEL.DATASEG.TEST.ALLOW_PARTIAL_WEIGHTS,
-            ).load(weights)
+        self.model = build_inference_model(self.cfg)
         self.set_vocabulary(vocabulary=vocabulary, classes=classes, task=task, isthing=isthing)
 
     def set_vocabulary(self, vocabulary: Optional[str] = None,
@@ -137,52 +234,16 @@ class DaTaSegPredictor(DefaultPredictor):
         Arguments as the constructor's. Raises ValueError for an unknown vocabulary or task,
         ``isthing`` of the wrong length, or a panoptic task without thing/stuff flags.
         """
-        tasks = [task] if isinstance(task, str) else list(task or [])
-        for t in tasks:
-            if t not in TASKS:
-                raise ValueError(f"Unknown task {t!r}; DaTaSeg's tasks are {list(TASKS)}.")
-        extra = []  # given names, without empties and repeats (as the text encoder sees them)
-        for c in (str(c).strip() for c in (classes or [])):
-            if c and normalize_class_name(c) not in {normalize_class_name(e) for e in extra}:
-                extra.append(c)
-        if vocabulary is None and not extra:
-            vocabulary = default_vocabulary_name(self.cfg)
-            if not vocabulary:
-                raise ValueError(
-                    "No vocabulary: pass vocabulary=<registered dataset> or classes=[...], or "
-                    "name a default in the config (MODEL.DATASEG.TEST.DEFAULT_VOCABULARY or "
-                    "DATASETS.TEST).")
-        meta = _registered(vocabulary) if vocabulary else None
-        names: List[str] = list(meta.dataseg_classes) if meta is not None else []
-        flags: List[bool] = list(meta.dataseg_isthing) if meta is not None else []
-        known = {normalize_class_name(n) for n in names}
-        # Extra names already in the dataset's vocabulary would split its score in two.
-        extra = [c for c in extra if normalize_class_name(c) not in known]
-        names += extra
-        flags += [True] * len(extra)
-        if isthing is not None:
-            flags = [bool(t) for t in isthing]
-            if len(flags) != len(names):
-                raise ValueError(f"isthing has {len(flags)} flags for {len(names)} classes "
-                                 f"({names}).")
-        if not tasks:
-            tasks = [meta.dataseg_task] if meta is not None else ["semantic"]
-            outputs = tuple(meta.get("dataseg_test_outputs", None) or ()) if meta is not None \
-                else ()
-            outputs = outputs or task_outputs(tasks)
-        else:
-            outputs = task_outputs(tasks)
-        # Panoptic inference is the one that needs the thing/stuff split; the model checks it.
-        vocab_task = "panoptic" if "panoptic" in tasks else tasks[0]
-        self.model.set_vocabulary(PREDICTOR_VOCABULARY, names, task=vocab_task, isthing=flags,
-                                  test_outputs=outputs)
-        self.vocabulary = vocabulary
-        self.class_names = names
+        v = resolve_vocabulary(self.cfg, vocabulary, classes, task, isthing)
+        self.model.set_vocabulary(PREDICTOR_VOCABULARY, v.class_names, task=v.task,
+                                  isthing=v.isthing, test_outputs=v.outputs)
+        self.vocabulary = v.vocabulary
+        self.class_names = v.class_names
         self.isthing = self.model.dataset_info(PREDICTOR_VOCABULARY)["isthing"]
-        self.tasks = tasks
-        self.outputs = outputs
-        self.metadata = visualization_metadata(names, meta)
-        min_size, max_size = test_image_size(self.cfg, vocabulary)
+        self.tasks = v.tasks
+        self.outputs = v.outputs
+        self.metadata = v.metadata
+        min_size, max_size = v.test_size
         self.aug = T.ResizeShortestEdge([min_size, min_size], max_size)
 
     def __call__(self, original_image: np.ndarray) -> dict:

@@ -17,12 +17,7 @@ from ..tasks import TASKS, get_task
 from .criterion import CriterionContext, build_criterion
 from .pixel_decoder import build_pixel_decoder
 from .pointwise_conv import convert_pointwise_convs
-from .postprocessing import (
-    TEST_OUTPUTS,
-    instance_inference,
-    panoptic_inference,
-    semantic_inference,
-)
+from .postprocessing import TEST_OUTPUTS, image_outputs
 from .text_classifier import build_classifier
 from .transformer_decoder import build_transformer_decoder
 
@@ -156,7 +151,7 @@ class DaTaSeg(nn.Module):
             test_outputs = test_outputs or meta.get("dataseg_test_outputs", None)
         if task is None:
             task = "panoptic" if isthing is not None else "semantic"
-        info = self._make_info(name, class_names, task, isthing, test_outputs)
+        info = self.make_info(name, class_names, task, isthing, test_outputs)
         self._custom_vocabularies[name] = info
         self.classifier.set_vocabulary(name, class_names)
 
@@ -170,7 +165,14 @@ class DaTaSeg(nn.Module):
         return None
 
     @staticmethod
-    def _make_info(name, classes, task, isthing, test_outputs) -> dict:
+    def make_info(name, classes, task, isthing, test_outputs) -> dict:
+        """The checked description of a vocabulary: ``classes``, ``task``, one ``isthing``
+        flag per class (the task's default when None) and ``test_outputs`` (the task's
+        default when empty).
+
+        Raises:
+            ValueError: an unknown task or output, or flags that do not fit the classes.
+        """
         if task not in TASKS:
             raise ValueError(
                 f"Dataset {name!r} has task {task!r}; DaTaSeg knows {list(TASKS)} (set the "
@@ -207,7 +209,7 @@ class DaTaSeg(nn.Module):
                 "dataseg_isthing=[...], dataseg_test_outputs=(...)) (see docs/interfaces.md) "
                 "or call model.set_vocabulary(name, class_names, task=..., isthing=...)."
             )
-        return self._make_info(
+        return self.make_info(
             name, meta.dataseg_classes, meta.get("dataseg_task", None),
             meta.get("dataseg_isthing", None), meta.get("dataseg_test_outputs", None))
 
@@ -337,18 +339,10 @@ class DaTaSeg(nn.Module):
         for i, x in enumerate(batched_inputs):
             image_size = images.image_sizes[i]
             out_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
-            result = {}
-            args = (logits[i], mask_logits[i], stride, image_size, out_size)
-            if "sem_seg" in info["test_outputs"]:
-                result["sem_seg"] = semantic_inference(*args)
-            if "panoptic_seg" in info["test_outputs"]:
-                result["panoptic_seg"] = panoptic_inference(
-                    *args, info["isthing"], self.object_mask_threshold, self.overlap_threshold,
-                    self.panoptic_merge_stuff)
-            if "instances" in info["test_outputs"]:
-                result["instances"] = instance_inference(
-                    *args, info["isthing"], self.instances_per_image)
-            results.append(result)
+            results.append(image_outputs(
+                logits[i], mask_logits[i], stride, image_size, out_size, info["test_outputs"],
+                info["isthing"], self.object_mask_threshold, self.overlap_threshold,
+                self.panoptic_merge_stuff, self.instances_per_image))
         return results
 
 

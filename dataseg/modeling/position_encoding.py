@@ -29,7 +29,10 @@ class PositionEmbeddingSine(nn.Module):
         """(B, C, H, W) -> (B, 2 * num_pos_feats, H, W); depends only on H, W."""
         B, _, H, W = x.shape
         key = (H, W, x.device, x.dtype)
-        pos = self._cache.get(key)
+        # Traced (torch.export / ONNX export, torch.compile): sizes may be symbolic and tensors
+        # fake, so compute without the cache.
+        tracing = torch.compiler.is_compiling()
+        pos = None if tracing else self._cache.get(key)
         if pos is None:
             eps, scale = 1e-6, 2 * math.pi
             y = torch.arange(1, H + 1, device=x.device, dtype=torch.float32)
@@ -47,7 +50,8 @@ class PositionEmbeddingSine(nn.Module):
             pos_y = encode(y).t()[:, :, None].expand(-1, H, W)
             pos_x = encode(x_).t()[:, None, :].expand(-1, H, W)
             pos = torch.cat([pos_y, pos_x], dim=0).to(x.dtype)
-            if len(self._cache) > 16:  # many test sizes: keep the cache small
-                self._cache.clear()
-            self._cache[key] = pos
+            if not tracing:
+                if len(self._cache) > 16:  # many test sizes: keep the cache small
+                    self._cache.clear()
+                self._cache[key] = pos
         return pos.unsqueeze(0).expand(B, -1, -1, -1)

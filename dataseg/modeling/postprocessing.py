@@ -27,6 +27,7 @@ __all__ = [
     "panoptic_inference",
     "instance_inference",
     "masks_to_boxes",
+    "image_outputs",
     "TEST_OUTPUTS",
 ]
 
@@ -236,4 +237,34 @@ def instance_inference(cls_logits, mask_logits, stride, image_size, out_size,
     result.pred_boxes = Boxes(masks_to_boxes(binary)[inverse])
     result.scores = top_scores * mask_score[inverse]
     result.pred_classes = classes
+    return result
+
+
+def image_outputs(cls_logits, mask_logits, stride, image_size, out_size,
+                  outputs: Sequence[str], is_thing: Sequence[bool],
+                  object_mask_threshold: float, overlap_threshold: float, merge_stuff: bool,
+                  instances_per_image: int) -> dict:
+    """The outputs of one image named in ``outputs``: what ``DaTaSeg`` inference returns.
+
+    The one dispatch of the model's post-processing, also run on the logits of the exported
+    network (``dataseg.tools.export.OnnxPredictor``).
+
+    Args:
+        cls_logits, mask_logits, stride, image_size, out_size: see :func:`semantic_inference`.
+        outputs: keys among :data:`TEST_OUTPUTS`.
+        is_thing: C thing flags (panoptic and instances).
+        object_mask_threshold, overlap_threshold, merge_stuff: see :func:`panoptic_inference`.
+        instances_per_image: see :func:`instance_inference`.
+    Returns:
+        dict with ``sem_seg``, ``panoptic_seg`` and / or ``instances``.
+    """
+    result = {}
+    args = (cls_logits, mask_logits, stride, image_size, out_size)
+    if "sem_seg" in outputs:
+        result["sem_seg"] = semantic_inference(*args)
+    if "panoptic_seg" in outputs:
+        result["panoptic_seg"] = panoptic_inference(
+            *args, is_thing, object_mask_threshold, overlap_threshold, merge_stuff)
+    if "instances" in outputs:
+        result["instances"] = instance_inference(*args, is_thing, instances_per_image)
     return result

@@ -20,7 +20,8 @@ from ..text.vocabulary import validate_class_names
 from .mlp import MLP
 from .registry import CLASSIFIER_REGISTRY
 
-__all__ = ["TextEmbeddingClassifier", "UnknownVocabularyError", "build_classifier"]
+__all__ = ["TextEmbeddingClassifier", "UnknownVocabularyError", "build_classifier",
+           "vocabulary_weights"]
 
 
 class UnknownVocabularyError(KeyError):
@@ -142,16 +143,11 @@ class TextEmbeddingClassifier(nn.Module):
             ValueError: empty list, duplicate names after normalisation, or embeddings of the
                 wrong width / class count.
         """
-        names = validate_class_names(class_names)
-        vocab = embeddings if embeddings is not None else self.embedding_provider.embed(names)
-        if vocab.dim != self._text_dim or vocab.num_classes != len(names):
-            raise ValueError(
-                f"Embeddings for {name!r} are {vocab.num_classes} classes x {vocab.dim} dims; "
-                f"expected {len(names)} x {self._text_dim}."
-            )
+        names, weights, index = vocabulary_weights(
+            name, class_names, self.embedding_provider, self._text_dim, embeddings)
         device = self.background_embedding.device
-        weights = vocab.classifier_weights().detach().to(device)
-        index = vocab.class_index.to(device) if weights.shape[0] != len(names) else None
+        weights = weights.detach().to(device)
+        index = index.to(device) if index is not None else None
         if name in self._vocab_buffers:
             slot = self._vocab_buffers[name][0].rsplit("_", 1)[1]
         else:
@@ -186,6 +182,26 @@ class TextEmbeddingClassifier(nn.Module):
         self._check_known(vocabulary)
         w_name, i_name = self._vocab_buffers[vocabulary]
         weights, index = getattr(self, w_name), getattr(self, i_name)
+        return self.score(query_features, weights, index,
+                          len(self._vocab_class_names[vocabulary]))
+
+    def score(self, query_features: torch.Tensor, weights: torch.Tensor,
+              class_index: Optional[torch.Tensor] = None,
+              num_classes: Optional[int] = None) -> torch.Tensor:
+        """Class logits of queries against given classifier rows plus background.
+
+        What :meth:`forward` computes for a stored vocabulary; the ONNX export calls it with
+        the rows as a graph input (``dataseg.tools.export``).
+
+        Args:
+            query_features: (..., hidden_dim).
+            weights: (N, text_dim) normalised rows (:func:`vocabulary_weights`).
+            class_index: (N,) class of each row when rows are synonyms ("max" reduction),
+                else None (one row per class).
+            num_classes: C, with ``class_index``.
+        Returns:
+            (..., C+1) logits (N+1 without ``class_index``); the last column is background.
+        """
         features = self.class_head(query_features)
         # Cosine logits in float32 even under autocast: near the logit scale's clamp (100) a
         # bfloat16 logit moves in steps of 0.25-0.5, the size of the margins between classes.
@@ -194,9 +210,8 @@ class TextEmbeddingClassifier(nn.Module):
             x = F.normalize(features.to(dtype), dim=-1)
             scale = self.current_logit_scale().to(dtype)
             class_logits = scale * (x @ weights.to(dtype).t())
-            if index is not None:  # "max" synonym reduction: best synonym per class
-                num_classes = len(self._vocab_class_names[vocabulary])
-                class_logits = reduce_synonym_scores(class_logits, index, num_classes)
+            if class_index is not None:  # "max" synonym reduction: best synonym per class
+                class_logits = reduce_synonym_scores(class_logits, class_index, num_classes)
             background = F.normalize(self.background_embedding.to(dtype), dim=-1)
             bg_logit = scale * (x @ background).unsqueeze(-1)
             return torch.cat([class_logits, bg_logit], dim=-1)
@@ -206,6 +221,36 @@ class TextEmbeddingClassifier(nn.Module):
             f"text_dim={self._text_dim}, vocabularies={self.vocabularies}, "
             f"logit_scale_max={self.logit_scale_max}"
         )
+
+
+def vocabulary_weights(name: str, class_names: Sequence[str], embedding_provider,
+                       text_dim: int, embeddings: Optional[VocabularyEmbeddings] = None):
+    """The classifier rows of a vocabulary, as :meth:`TextEmbeddingClassifier.set_vocabulary`
+    stores them.
+
+    Args:
+        name: vocabulary key (for the messages).
+        class_names: names in contiguous-id order; entries may hold comma-separated synonyms.
+        embedding_provider: embeds the names when ``embeddings`` is None.
+        text_dim: the width the classifier takes.
+        embeddings: already computed embeddings to use instead of the provider's.
+    Returns:
+        (validated names, (N, text_dim) normalised rows, (N,) class of each row or None when
+        there is one row per class).
+    Raises:
+        ValueError: empty list, duplicate names after normalisation, or embeddings of the
+            wrong width / class count.
+    """
+    names = validate_class_names(class_names)
+    vocab = embeddings if embeddings is not None else embedding_provider.embed(names)
+    if vocab.dim != text_dim or vocab.num_classes != len(names):
+        raise ValueError(
+            f"Embeddings for {name!r} are {vocab.num_classes} classes x {vocab.dim} dims; "
+            f"expected {len(names)} x {text_dim}."
+        )
+    weights = vocab.classifier_weights()
+    index = vocab.class_index if weights.shape[0] != len(names) else None
+    return names, weights, index
 
 
 def build_classifier(cfg, hidden_dim: Optional[int] = None) -> nn.Module:

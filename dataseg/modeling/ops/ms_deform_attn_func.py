@@ -53,7 +53,13 @@ __all__ = [
 def _shapes_as_list(spatial_shapes) -> List[List[int]]:
     if isinstance(spatial_shapes, torch.Tensor):
         return [[int(h), int(w)] for h, w in spatial_shapes.tolist()]
-    return [[int(h), int(w)] for h, w in spatial_shapes]
+    return [[_size(h), _size(w)] for h, w in spatial_shapes]
+
+
+def _size(v):
+    # Sizes traced by torch.export (ONNX export) are symbolic: int() would fix them to the
+    # example input's size.
+    return v if isinstance(v, torch.SymInt) else int(v)
 
 
 def ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations, attention_weights):
