@@ -363,7 +363,7 @@ def test_large_json_uses_the_cache_by_default(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_categories_read_without_parsing_the_boxes(tmp_path, where):
-    from dataseg.data.columnar import read_coco_categories
+    from dataseg.data.columnar import read_coco_list
 
     big = [{"id": i, "image_id": 1, "bbox": [0, 0, 1, 1], "category_id": 7} for i in range(3000)]
     parts = {"info": {"note": 'the "categories": [] key is escaped here'}, "images": [],
@@ -374,7 +374,7 @@ def test_categories_read_without_parsing_the_boxes(tmp_path, where):
     path = tmp_path / "cats.json"
     path.write_text(json.dumps(info))
     # A 1 kB window: "middle" is found by the whole-file scan, the others at an end.
-    assert read_coco_categories(str(path), window=1024) == CATEGORIES
+    assert read_coco_list(str(path), "categories", window=1024) == CATEGORIES
     del info["categories"]
     path.write_text(json.dumps(info))
-    assert read_coco_categories(str(path), window=1024) is None
+    assert read_coco_list(str(path), "categories", window=1024) is None

@@ -624,10 +624,6 @@ def _read_coco_list(json_file: str, key: str, dataset_name: str) -> List[Dict]:
     return info[key]
 
 
-def _read_coco_categories(json_file: str, dataset_name: str):
-    return _read_coco_list(json_file, "categories", dataset_name)
-
-
 _CATEGORIES_SCAN_BYTES = 16 * 2 ** 20
 
 
@@ -706,7 +702,7 @@ def _registered_id_map(name: str, json_file: str) -> Dict[int, int]:
     id_map = meta.get("thing_dataset_id_to_contiguous_id", None)
     if id_map is None:
         ids = _category_ids_of_names(name, json_file, meta.thing_classes,
-                                     _read_coco_categories(json_file, name))
+                                     _read_coco_list(json_file, "categories", name))
         id_map = {c: i for i, c in enumerate(ids)}
         _set_metadata(name, thing_dataset_id_to_contiguous_id=id_map)
     return id_map
@@ -778,7 +774,7 @@ def _register_coco(name, json_file, image_root, task, class_names, test_outputs,
     text_names = extra_metadata.pop("text_names", None)
     categories = json_names = json_ids = None
     if PathManager.isfile(json_file):
-        categories = _read_coco_categories(json_file, name)
+        categories = _read_coco_list(json_file, "categories", name)
         json_names, json_ids = _json_categories(categories)
     if class_names is None and json_names is not None:
         class_names, category_ids = json_names, json_ids

@@ -47,7 +47,6 @@ __all__ = [
     "default_columnar_cache_dir",
     "ensure_columnar_cache",
     "load_columnar_box_dicts",
-    "read_coco_categories",
     "read_coco_list",
     "use_columnar_cache",
 ]
@@ -176,15 +175,6 @@ class _JsonStream:
                 return
 
 
-def read_coco_categories(json_file: str, window: int = 1 << 20) -> Optional[List[Dict]]:
-    """The ``categories`` of a COCO json without parsing its images and annotations.
-
-    Registration needs only the categories; ``json.load`` of an Objects365-sized file costs
-    minutes and tens of GB. See :func:`read_coco_list`.
-    """
-    return read_coco_list(json_file, "categories", window)
-
-
 # What each top-level list's elements must hold to be taken for that list (a key of the same
 # name elsewhere in the file, inside a string or a nested object, is skipped).
 _LIST_KEYS = {"categories": ("id", "name"), "images": ("id", "file_name")}
@@ -192,7 +182,8 @@ _LIST_KEYS = {"categories": ("id", "name"), "images": ("id", "file_name")}
 
 def read_coco_list(json_file: str, key: str, window: int = 1 << 20) -> Optional[List[Dict]]:
     """The top-level list ``key`` ("categories", "images") of a COCO json, without parsing
-    the rest of it.
+    the rest of it: registration needs only the categories, and ``json.load`` of an
+    Objects365-sized file costs minutes and tens of GB.
 
     Looks for the ``"<key>"`` key in the file's first and last ``window`` bytes (where writers
     put it), then in the whole file, and decodes the list that follows. Returns ``None`` when
@@ -355,10 +346,11 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     # Columns are written (and their inputs released) one by one: the build's peak is about
     # twice the boxes' raw columns, not the parsed json.
     img_ids = as_np(img_ids, np.int64)
-    _check_unique_image_ids(img_ids, names, name_offsets, json_file)
-    # Sorted ids (unique: checked above); rows of the json in that order.
-    sorted_ids, first_in_reversed = np.unique(img_ids[::-1], return_index=True)
-    rows = len(img_ids) - 1 - first_in_reversed
+    # Sorted ids and the rows of the json in that order; a repeated id is refused.
+    sorted_ids, rows, counts = np.unique(img_ids, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        _refuse_repeated_image_ids(img_ids, sorted_ids[counts > 1], names, name_offsets,
+                                   json_file)
     save("image_ids", sorted_ids)
     save("heights", as_np(heights, np.int64)[rows].astype(np.int32))
     save("widths", as_np(widths, np.int64)[rows].astype(np.int32))
@@ -368,7 +360,7 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     starts, ends = offsets[rows], offsets[rows + 1]
     lengths = ends - starts
     new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    if not np.array_equal(rows, np.arange(len(img_ids))):  # unsorted or repeated ids
+    if not np.array_equal(rows, np.arange(len(img_ids))):  # the json lists its images unsorted
         gather = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
         names_arr = names_arr[gather]
         del gather
@@ -439,13 +431,11 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     return meta
 
 
-def _check_unique_image_ids(img_ids: np.ndarray, names: bytearray, name_offsets, json_file):
-    """ValueError naming the first image id of the json given to several images, and their
-    file names (the message catalog.check_unique_image_ids gives on the json path)."""
-    values, counts = np.unique(img_ids, return_counts=True)
-    repeated = values[counts > 1]
-    if not len(repeated):
-        return
+def _refuse_repeated_image_ids(img_ids: np.ndarray, repeated: np.ndarray, names: bytearray,
+                               name_offsets, json_file):
+    """ValueError naming the first of the ``repeated`` image ids (sorted) and the file names of
+    the images that share it (the message catalog.check_unique_image_ids gives on the json
+    path)."""
     first = int(repeated[0])
     rows = np.flatnonzero(img_ids == first)
     files = [bytes(names[name_offsets[r]:name_offsets[r + 1]]).decode("utf-8") for r in rows]
