@@ -531,10 +531,15 @@ def _load_semantic(name, image_root, sem_seg_root, image_ext, gt_ext):
 
 def check_semantic_labels(labels: np.ndarray, num_classes: int, ignore_label: int,
                           file_name: str, dataset_name: str):
-    """Raise if a label map holds ids outside ``0..num_classes-1`` and the ignore label."""
-    values = np.unique(labels)
-    bad = values[(values >= num_classes) & (values != ignore_label)]
+    """Raise if a label map holds ids outside ``0..num_classes-1`` and the ignore label
+    (negative ones included, which an integer TIFF can hold).
+
+    One vectorised pass over the pixels; only the offending values are sorted for the message,
+    so the evaluator can afford it on every file.
+    """
+    bad = labels[(labels < 0) | ((labels >= num_classes) & (labels != ignore_label))]
     if bad.size:
+        bad = np.unique(bad)
         raise DatasetValidationError(
             f"Dataset {dataset_name!r}: label map {file_name!r} holds class ids "
             f"{bad.tolist()[:10]} outside the {num_classes} registered classes "

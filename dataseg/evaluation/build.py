@@ -101,27 +101,21 @@ def load_checked_label_map(filename: str, copy: bool = False, dtype=None, *,
     Registration checks only a sample of the label maps, and :class:`SemSegEvaluator` turns
     such values into a wrong mIoU without a word: ``num_classes`` lands in the ignored row of
     its confusion matrix (mIoU 100 there whatever is predicted), larger or negative values in
-    other classes' cells. So every map is checked as the evaluator reads it (one vectorised
-    pass; the slow message is built only on failure).
+    other classes' cells. So every map is checked as the evaluator reads it
+    (:func:`~dataseg.data.catalog.check_semantic_labels`, one vectorised pass).
 
     Raises:
         DatasetValidationError: naming the dataset, the file, the bad values and the fix.
     """
     labels = load_label_map(filename, copy=copy, dtype=dtype)
-    bad = (labels < 0) | ((labels >= num_classes) & (labels != ignore_label))
-    if bad.any():
-        fix = (f" Evaluation stops rather than score this file. Write label maps with class ids "
-               f"0..{num_classes - 1} and {ignore_label} for pixels not evaluated, or register "
-               f"{dataset_name!r} with the class list and ignore_label its files use.")
-        negative = np.unique(labels[labels < 0])
-        if negative.size:
-            raise DatasetValidationError(
-                f"Dataset {dataset_name!r}: label map {filename!r} holds negative class ids "
-                f"{negative.tolist()[:10]}.{fix}")
-        try:
-            check_semantic_labels(labels, num_classes, ignore_label, filename, dataset_name)
-        except DatasetValidationError as e:
-            raise DatasetValidationError(f"{e}{fix}") from None
+    try:
+        check_semantic_labels(labels, num_classes, ignore_label, filename, dataset_name)
+    except DatasetValidationError as e:
+        raise DatasetValidationError(
+            f"{e} Evaluation stops rather than score this file. Write label maps with class "
+            f"ids 0..{num_classes - 1} and {ignore_label} for pixels not evaluated, or "
+            f"register {dataset_name!r} with the class list and ignore_label its files use."
+        ) from None
     return labels
 
 
