@@ -27,7 +27,7 @@ from ..utils.visualizer import visualization_metadata
 from .checkpoint import DaTaSegCheckpointer, local_weights_file
 
 __all__ = ["DaTaSegPredictor", "PredictorVocabulary", "build_inference_model",
-           "resolve_vocabulary", "task_outputs"]
+           "resize_for_network", "resolve_vocabulary", "task_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,34 @@ def build_inference_model(cfg):
             allow_partial=cfg.MODEL.DATASEG.TEST.ALLOW_PARTIAL_WEIGHTS,
         ).load(weights)
     return model
+
+
+def resize_for_network(original_image: np.ndarray, input_format: str, aug,
+                       predictor: str) -> np.ndarray:
+    """A predictor's BGR input image as its network takes it, before batching.
+
+    Checked, 16-bit values read as 8-bit (as :func:`dataseg.data.image_io.read_image` reads
+    files), in ``input_format`` ("RGB" or "BGR") channel order, resized by ``aug`` (the test
+    resize). Shared by every predictor of the project, so they feed their networks alike.
+
+    Args:
+        original_image: (H, W, 3) BGR image (``cv2.imread``).
+        predictor: the caller's name, for the message.
+    Returns:
+        (h, w, 3) uint8 array.
+    Raises:
+        ValueError: not one non-empty (H, W, 3) numpy image.
+    """
+    if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 \
+            or original_image.shape[2] != 3 or min(original_image.shape[:2]) < 1:
+        raise ValueError(
+            f"{predictor} takes one (H, W, 3) BGR numpy image (cv2.imread), got "
+            f"{type(original_image).__name__} of shape "
+            f"{getattr(original_image, 'shape', '?')}.")
+    image = as_uint8_image(original_image)
+    if input_format == "RGB":
+        image = image[:, :, ::-1]
+    return aug.get_transform(image).apply_image(image)
 
 
 @dataclass
@@ -239,7 +267,7 @@ class DaTaSegPredictor(DefaultPredictor):
                                   isthing=v.isthing, test_outputs=v.outputs)
         self.vocabulary = v.vocabulary
         self.class_names = v.class_names
-        self.isthing = self.model.dataset_info(PREDICTOR_VOCABULARY)["isthing"]
+        self.isthing = v.isthing
         self.tasks = v.tasks
         self.outputs = v.outputs
         self.metadata = v.metadata
@@ -254,18 +282,10 @@ class DaTaSegPredictor(DefaultPredictor):
         Returns:
             the model's output dict for the image (keys :attr:`outputs`), at its resolution.
         """
-        if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 \
-                or original_image.shape[2] != 3:
-            raise ValueError(
-                "DaTaSegPredictor takes one (H, W, 3) BGR numpy image (cv2.imread), got "
-                f"{type(original_image).__name__} of shape "
-                f"{getattr(original_image, 'shape', '?')}.")
-        original_image = as_uint8_image(original_image)  # 16-bit input: as read_image reads it
+        image = resize_for_network(original_image, self.input_format, self.aug,
+                                   "DaTaSegPredictor")
+        height, width = original_image.shape[:2]
         with torch.no_grad():
-            if self.input_format == "RGB":
-                original_image = original_image[:, :, ::-1]
-            height, width = original_image.shape[:2]
-            image = self.aug.get_transform(original_image).apply_image(original_image)
             image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
             inputs = {"image": image, "height": height, "width": width,
                       "dataset_name": PREDICTOR_VOCABULARY}

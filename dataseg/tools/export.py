@@ -41,8 +41,12 @@ from detectron2.data import transforms as T
 from detectron2.layers import Conv2d
 from torch import nn
 
-from ..data.image_io import as_uint8_image
-from ..engine.predictor import PREDICTOR_VOCABULARY, build_inference_model, resolve_vocabulary
+from ..engine.predictor import (
+    PREDICTOR_VOCABULARY,
+    build_inference_model,
+    resize_for_network,
+    resolve_vocabulary,
+)
 from ..modeling.ops import MSDeformAttn
 from ..modeling.pointwise_conv import PointwiseConv2d
 from ..modeling.postprocessing import image_outputs
@@ -417,16 +421,8 @@ class OnnxPredictor:
         in ``INPUT.FORMAT`` order, padded at the bottom / right with the pixel mean to the
         size divisibility (or the square size) as ``ImageList.from_tensors`` pads.
         """
-        if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 \
-                or original_image.shape[2] != 3 or min(original_image.shape[:2]) < 1:
-            raise ValueError(
-                "OnnxPredictor takes one (H, W, 3) BGR numpy image (cv2.imread), got "
-                f"{type(original_image).__name__} of shape "
-                f"{getattr(original_image, 'shape', '?')}.")
-        image = as_uint8_image(original_image)  # 16-bit input: as read_image reads it
-        if self.input_format == "RGB":
-            image = image[:, :, ::-1]
-        image = self.aug.get_transform(image).apply_image(image)
+        image = resize_for_network(original_image, self.input_format, self.aug,
+                                   "OnnxPredictor")
         h, w = image.shape[:2]
         if self.square_size:
             if max(h, w) > self.square_size:
