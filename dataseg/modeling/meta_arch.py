@@ -21,7 +21,7 @@ from .postprocessing import TEST_OUTPUTS, image_outputs
 from .text_classifier import build_classifier
 from .transformer_decoder import build_transformer_decoder
 
-__all__ = ["DaTaSeg"]
+__all__ = ["DaTaSeg", "inference_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +115,7 @@ class DaTaSeg(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": d.SIZE_DIVISIBILITY,
-            "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
-            "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
-            "panoptic_merge_stuff": d.TEST.PANOPTIC_MERGE_STUFF,
-            "instances_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            **inference_settings(cfg),
             "cpu_pointwise_gemm": d.CPU_POINTWISE_GEMM,
             "default_vocabulary": default_vocabulary_name(cfg),
         }
@@ -344,6 +341,19 @@ class DaTaSeg(nn.Module):
                 info["isthing"], self.object_mask_threshold, self.overlap_threshold,
                 self.panoptic_merge_stuff, self.instances_per_image))
         return results
+
+
+def inference_settings(cfg) -> dict:
+    """The post-processing settings of ``cfg``, named as :class:`DaTaSeg` and
+    :func:`~dataseg.modeling.postprocessing.image_outputs` take them (one reading of the
+    config for the model and for the exported network's predictor)."""
+    d = cfg.MODEL.DATASEG.TEST
+    return {
+        "object_mask_threshold": d.OBJECT_MASK_THRESHOLD,
+        "overlap_threshold": d.OVERLAP_THRESHOLD,
+        "panoptic_merge_stuff": d.PANOPTIC_MERGE_STUFF,
+        "instances_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+    }
 
 
 def _current_iteration() -> int:

@@ -242,8 +242,8 @@ def instance_inference(cls_logits, mask_logits, stride, image_size, out_size,
 
 def image_outputs(cls_logits, mask_logits, stride, image_size, out_size,
                   outputs: Sequence[str], is_thing: Sequence[bool],
-                  object_mask_threshold: float, overlap_threshold: float, merge_stuff: bool,
-                  instances_per_image: int) -> dict:
+                  object_mask_threshold: float, overlap_threshold: float,
+                  panoptic_merge_stuff: bool, instances_per_image: int) -> dict:
     """The outputs of one image named in ``outputs``: what ``DaTaSeg`` inference returns.
 
     The one dispatch of the model's post-processing, also run on the logits of the exported
@@ -253,7 +253,8 @@ def image_outputs(cls_logits, mask_logits, stride, image_size, out_size,
         cls_logits, mask_logits, stride, image_size, out_size: see :func:`semantic_inference`.
         outputs: keys among :data:`TEST_OUTPUTS`.
         is_thing: C thing flags (panoptic and instances).
-        object_mask_threshold, overlap_threshold, merge_stuff: see :func:`panoptic_inference`.
+        object_mask_threshold, overlap_threshold: see :func:`panoptic_inference`.
+        panoptic_merge_stuff: ``merge_stuff`` of :func:`panoptic_inference`.
         instances_per_image: see :func:`instance_inference`.
     Returns:
         dict with ``sem_seg``, ``panoptic_seg`` and / or ``instances``.
@@ -264,7 +265,7 @@ def image_outputs(cls_logits, mask_logits, stride, image_size, out_size,
         result["sem_seg"] = semantic_inference(*args)
     if "panoptic_seg" in outputs:
         result["panoptic_seg"] = panoptic_inference(
-            *args, is_thing, object_mask_threshold, overlap_threshold, merge_stuff)
+            *args, is_thing, object_mask_threshold, overlap_threshold, panoptic_merge_stuff)
     if "instances" in outputs:
         result["instances"] = instance_inference(*args, is_thing, instances_per_image)
     return result

@@ -47,6 +47,7 @@ from ..engine.predictor import (
     resize_for_network,
     resolve_vocabulary,
 )
+from ..modeling.meta_arch import inference_settings
 from ..modeling.ops import MSDeformAttn
 from ..modeling.pointwise_conv import PointwiseConv2d
 from ..modeling.postprocessing import image_outputs
@@ -376,14 +377,7 @@ class OnnxPredictor:
         self.size_divisibility = int(self.onnx_metadata[_META + "size_divisibility"])
         self.square_size = int(self.onnx_metadata[_META + "square_size"])
         self.pixel_mean = np.asarray(self.cfg.MODEL.PIXEL_MEAN, np.float32).reshape(3, 1, 1)
-        d = self.cfg.MODEL.DATASEG
-        # What DaTaSeg.from_config reads for its inference.
-        self.postprocess_args = {
-            "object_mask_threshold": d.TEST.OBJECT_MASK_THRESHOLD,
-            "overlap_threshold": d.TEST.OVERLAP_THRESHOLD,
-            "merge_stuff": d.TEST.PANOPTIC_MERGE_STUFF,
-            "instances_per_image": self.cfg.TEST.DETECTIONS_PER_IMAGE,
-        }
+        self.postprocess_args = inference_settings(self.cfg)
         self.set_vocabulary(vocabulary=vocabulary, classes=classes, task=task,
                             isthing=isthing)
 
