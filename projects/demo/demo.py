@@ -429,12 +429,10 @@ class PredictionWriter:
 
 
 # ---- runs ---------------------------------------------------------------------------------
-def run_images(args, cfg, predictor, images=None):
-    """Predict, summarise and draw every input image; ``images``: the listed inputs
-    (default: listed now from ``args.input``). Returns the exit status."""
-    images = list_images(args.input) if images is None else images
+def run_images(args, cfg, predictor, images):
+    """Predict, summarise and draw every input image; ``images``: the inputs, listed (and
+    checked against the outputs) before anything was written. Returns the exit status."""
     stems = output_stems(images)
-    check_no_overwrite(images, image_run_outputs(args, stems))
     root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in images])
     names = predictor.metadata.thing_classes
     writer = None
@@ -532,8 +530,7 @@ def run_video(args, cfg, predictor):
     fps = video.get(cv2.CAP_PROP_FPS) or 25.0
     width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    paths = video_outputs(args)
-    check_no_overwrite([args.video_input], [p for p in paths.values() if p])
+    paths = video_outputs(args)  # checked against the input by main
     writers = {}
     # Released on every exit (an error, Ctrl-C): an unreleased writer leaves an unplayable file.
     try:
