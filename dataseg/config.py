@@ -123,20 +123,14 @@ def add_dataseg_config(cfg):
     # ---- criterion: MERGE -> Hungarian matching -> losses ---------------------------------
     D.CRITERION = CN()
     D.CRITERION.NAME = "MergeCriterion"
-    # MERGE (the rule per task is the paper's, dataseg/tasks.py; the rest is not in the paper).
-    # Mask arithmetic of a merged unit: "logsumexp" = merged logit log(sum_i exp(x_i)) (odds
-    # add up; exact logs, a single proposal's gradient shared by the members), "clamped_sum"
-    # = min(1, sum p_i) with floored logs (the first design, kept for the ablation: it
-    # inflates losses 10-100x), "max", "soft_union" = 1 - prod(1 - p_i). Class = mean of the
-    # member softmaxes.
-    D.CRITERION.MERGE_MODE = "logsumexp"
-    # How merged units meet the ground truth: "anchored" = every segment gets an anchor
-    # proposal by one-by-one Hungarian matching, then the other proposals predicting its
-    # (semantic / stuff) class join its unit; "unit" = the first design (group by argmax,
-    # match the units freely; collapses from scratch, kept for the ablation).
-    D.CRITERION.MERGE_MATCHING = "anchored"
-    # False = no MERGE for any task (proposals matched one by one): the MERGE ablation.
-    D.CRITERION.MERGE_ENABLED = True
+    # MERGE (the rule per task is the paper's, dataseg/tasks.py; the rest is not in the paper;
+    # docs/merge.md): "anchored" = every segment gets an anchor proposal by one-by-one
+    # Hungarian matching, then the other proposals predicting its (semantic / stuff) class
+    # join its unit, whose mask logit is log(sum_i exp(x_i)) of its members'. Two ablations:
+    # "none" = no MERGE for any task (proposals matched one by one, as in Mask2Former);
+    # "first_design" = the first design (units grouped by argmax and matched freely, masks
+    # merged as min(1, sum p_i): collapses from scratch and inflates losses 10-100x).
+    D.CRITERION.MERGE = "anchored"
     D.CRITERION.DEEP_SUPERVISION = True
     D.CRITERION.NO_OBJECT_WEIGHT = 0.1
     # Loss weights (not in the paper).

@@ -110,7 +110,11 @@ def _accepted(cls):
 
 
 def make_criterion(matcher=None, **kw):
-    """A MergeCriterion from flat keyword arguments, each routed to the part that takes it."""
+    """A MergeCriterion from flat keyword arguments, each routed to the part that takes it
+    (``merge="first_design"`` also gives the mask supervision the first design's arithmetic,
+    as the config does)."""
+    if kw.get("merge") == "first_design":
+        kw.setdefault("first_merge_design", True)
     parts = {}
     for name, cls in (("mask_supervision", MaskSupervision), ("box_supervision", BoxSupervision)):
         parts[name] = cls(**{k: kw.pop(k) for k in list(kw) if k in _accepted(cls)})

@@ -15,12 +15,11 @@ from torch.nn import functional as F
 from dataseg.modeling.criterion import (
     MergeGroups,
     PointProbs,
-    group_by_class,
     merge_class_log_probs,
-    merge_mask_probs,
     mergeable_classes,
     scatter_logsumexp,
 )
+from dataseg.modeling.criterion.merge_first_design import clamped_sum_probs, group_by_class
 from dataseg.tasks import get_task
 
 
@@ -55,7 +54,7 @@ class MergedProposals:
 
 
 def merge_proposals(pred_logits: torch.Tensor, pred_masks: torch.Tensor, task: str,
-                    is_thing: Optional[torch.Tensor] = None, mode: str = "logsumexp"
+                    is_thing: Optional[torch.Tensor] = None, first_design: bool = False
                     ) -> MergedProposals:
     """Apply the task's MERGE to (B, Q, C+1) logits and (B, Q, H, W) mask logits.
 
@@ -67,12 +66,12 @@ def merge_proposals(pred_logits: torch.Tensor, pred_masks: torch.Tensor, task: s
     class_probs = merge_class_log_probs(
         pred_logits.reshape(B * Q, C1), groups.unit_of_query, groups.num_units).exp()
     masks = pred_masks.float().flatten(0, 1)
-    if mode == "logsumexp":
+    if first_design:
+        mask_probs = clamped_sum_probs(torch.sigmoid(masks), groups.unit_of_query,
+                                       groups.num_units)
+    else:
         mask_probs = torch.sigmoid(scatter_logsumexp(masks, groups.unit_of_query,
                                                      groups.num_units))
-    else:
-        mask_probs = merge_mask_probs(torch.sigmoid(masks), groups.unit_of_query,
-                                      groups.num_units, mode)
     return MergedProposals(class_probs, mask_probs, groups)
 
 

@@ -169,7 +169,7 @@ def test_matcher_costs_are_float32_under_autocast():
     from dataseg.modeling.criterion.merge import merge_mask_logits
 
     logits = (3 * torch.randn(5, 300, generator=g)).to(BF16)
-    pred = merge_mask_logits(logits, torch.arange(5), 5, "logsumexp")
+    pred = merge_mask_logits(logits, torch.arange(5), 5)
     class_logp = torch.randn(5, C + 1, generator=g).log_softmax(-1)
     gt = (torch.rand(3, 300, generator=g) > 0.5).float()
     labels = torch.tensor([0, 2, 3])

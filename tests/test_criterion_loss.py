@@ -125,15 +125,6 @@ def test_gradients_reach_all_merged_members_through_criterion():
         assert out["pred_logits"].grad[0, q].abs().sum() > 0
 
 
-@pytest.mark.parametrize("mode", ["max", "soft_union"])
-def test_alternative_merge_modes_run(mode):
-    torch.manual_seed(0)
-    out = _outputs()
-    losses = _criterion(merge_mode=mode)(out, _targets(), _context("semantic"))
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-
-
 def test_box_task_keys_pairwise_and_warmup():
     torch.manual_seed(0)
     images = torch.randn(2, 3, H, W)
@@ -170,9 +161,9 @@ def _cfg(**crit):
 
 
 def test_build_from_config_and_per_dataset_multiplier():
-    crit = build_criterion(_cfg(DATASET_LOSS_WEIGHTS=[1.0, 3.0], MERGE_MODE="soft_union"))
+    crit = build_criterion(_cfg(DATASET_LOSS_WEIGHTS=[1.0, 3.0], MERGE="first_design"))
     assert isinstance(crit, MergeCriterion)
-    assert crit.mask_supervision.merge_mode == "soft_union"
+    assert crit.merge == "first_design" and crit.mask_supervision.first_merge_design
     assert crit.mask_supervision.num_points == 64
     assert crit.dataset_loss_weights == {"coco": 1.0, "ade": 3.0}
     out = _outputs()
@@ -249,13 +240,13 @@ def test_grid_and_detectron2_samplers_estimate_the_same_losses(task):
 
 
 def test_merge_disabled_matches_proposals_one_by_one():
-    """MERGE_ENABLED False (the ablation): a semantic batch is matched like instance data."""
+    """MERGE "none" (the ablation): a semantic batch is matched like instance data."""
     out = _outputs(aux=1, seed=3)
     # Several proposals predict class 2 so that the semantic MERGE really merges something.
     with torch.no_grad():
         out["pred_logits"][:, :3, 2] += 10.0
     torch.manual_seed(0)
-    no_merge = _criterion(merge_enabled=False)(out, _targets(), _context("semantic"))
+    no_merge = _criterion(merge="none")(out, _targets(), _context("semantic"))
     torch.manual_seed(0)
     as_instance = _criterion()(out, _targets(), _context("instance"))
     torch.manual_seed(0)

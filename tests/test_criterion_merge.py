@@ -1,16 +1,15 @@
-"""MERGE grouping and arithmetic (dataseg/modeling/criterion/merge.py)."""
+"""MERGE grouping and arithmetic (merge.py, and the ablation's merge_first_design.py)."""
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 from dataseg.modeling.criterion import (
-    MERGE_MODES,
     merge_class_log_probs,
     merge_mask_logits,
-    merge_mask_probs,
     mergeable_classes,
 )
+from dataseg.modeling.criterion.merge_first_design import clamped_sum_logits, clamped_sum_probs
 
 from reference import build_merge, merge_proposals
 
@@ -40,11 +39,11 @@ def test_every_task_has_a_merge_rule_and_unknown_tasks_fail():
         build_merge("depth")
 
 
-def test_semantic_merges_same_class_into_clamped_sum():
+def test_first_design_merges_same_class_into_clamped_sum():
     # q0, q1: class 0 (a thing; semantic merges things too); q2: class 2; q3: background.
     logits = _logits_for([0, 0, 2, C])
     masks = _masks(4)
-    merged = merge_proposals(logits, masks, "semantic", IS_THING, mode="clamped_sum")
+    merged = merge_proposals(logits, masks, "semantic", IS_THING, first_design=True)
     assert merged.groups.num_units == 3
     probs = torch.sigmoid(masks[0])
     expected = torch.clamp(probs[0] + probs[1], max=1.0)
@@ -103,53 +102,56 @@ def test_grouping_is_per_image():
     assert groups.unit_of_query.tolist() == [1, 1, 0, 2, 3, 3]
 
 
-def test_alternative_merge_modes():
+def test_clamped_sum_of_probabilities():
     p = torch.tensor([[0.5, 0.9, 0.1], [0.7, 0.6, 0.0]])
-    gid = torch.tensor([0, 0])
-    torch.testing.assert_close(merge_mask_probs(p, gid, 1, "clamped_sum")[0],
+    torch.testing.assert_close(clamped_sum_probs(p, torch.tensor([0, 0]), 1)[0],
                                torch.tensor([1.0, 1.0, 0.1]))
-    torch.testing.assert_close(merge_mask_probs(p, gid, 1, "max")[0], torch.tensor([0.7, 0.9, 0.1]))
-    torch.testing.assert_close(merge_mask_probs(p, gid, 1, "soft_union")[0],
-                               torch.tensor([0.85, 0.96, 0.1]))
-    with pytest.raises(ValueError, match="MERGE_MODE"):
-        merge_mask_probs(p, gid, 1, "mean")
 
 
-@pytest.mark.parametrize("mode", MERGE_MODES)
-def test_gradients_reach_every_member(mode):
+@pytest.mark.parametrize("first_design", [False, True])
+def test_gradients_reach_every_member(first_design):
     logits = _logits_for([2, 2, 2]).requires_grad_()
     masks = _masks(3, seed=2).requires_grad_()
-    merged = merge_proposals(logits, masks, "semantic", IS_THING, mode=mode)
+    merged = merge_proposals(logits, masks, "semantic", IS_THING, first_design=first_design)
     assert merged.groups.num_units == 1
     # Pull the merged mask down everywhere, including where the clamped sum saturates.
     (merged.mask_probs.sum() + merged.class_probs[:, 2].sum()).backward()
     for q in range(3):
-        assert masks.grad[0, q].abs().sum() > 0, f"member {q} got no mask gradient ({mode})"
+        assert masks.grad[0, q].abs().sum() > 0, f"member {q} got no mask gradient"
         assert logits.grad[0, q].abs().sum() > 0
 
 
 def test_clamped_sum_passes_gradient_where_saturated():
     x = torch.full((2, 1), 3.0, requires_grad=True)  # sigmoid 0.95 each: sum 1.9 > 1
-    merged = merge_mask_probs(torch.sigmoid(x), torch.tensor([0, 0]), 1, "clamped_sum")
+    merged = clamped_sum_probs(torch.sigmoid(x), torch.tensor([0, 0]), 1)
     assert merged.item() == 1.0
     merged.sum().backward()
     assert (x.grad > 0).all()
 
 
-@pytest.mark.parametrize("mode", MERGE_MODES)
-def test_logit_merge_matches_probability_merge(mode):
+def _logsumexp_probs(p, gid, num):
+    """The log-sum-exp merge written on probabilities: the members' odds add up."""
+    odds = p.new_zeros(num, p.shape[1]).index_add(0, gid, p / (1 - p))
+    return odds / (1 + odds)
+
+
+@pytest.mark.parametrize("first_design", [False, True])
+def test_logit_merge_matches_probability_merge(first_design):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(5, 7, generator=g) * 3
     gid = torch.tensor([0, 1, 1, 2, 1])
-    pp = merge_mask_logits(x, gid, 3, mode)
-    ref = merge_mask_probs(torch.sigmoid(x), gid, 3, mode)
+    if first_design:
+        merge, ref = clamped_sum_logits, clamped_sum_probs(torch.sigmoid(x), gid, 3)
+    else:
+        merge, ref = merge_mask_logits, _logsumexp_probs(torch.sigmoid(x.double()), gid, 3).float()
+    pp = merge(x, gid, 3)
     torch.testing.assert_close(pp.prob, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(pp.log_prob.exp(), ref.clamp(min=1e-6), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(pp.log_one_minus_prob.exp(), (1 - ref).clamp(min=1e-6),
                                atol=1e-5, rtol=1e-4)
     # Single-member units keep exact logsigmoid (no flooring even when saturated).
     y = torch.tensor([[40.0, -40.0]])
-    single = merge_mask_logits(y, torch.tensor([0]), 1, mode)
+    single = merge(y, torch.tensor([0]), 1)
     torch.testing.assert_close(single.log_one_minus_prob, F.logsigmoid(-y))
     torch.testing.assert_close(single.log_prob, F.logsigmoid(y))
 

@@ -25,7 +25,7 @@ from dataseg.modeling.criterion.point_sampling import (
 
 
 def _singletons(x):
-    return merge_mask_logits(x, torch.arange(x.shape[0]), x.shape[0], "clamped_sum")
+    return merge_mask_logits(x, torch.arange(x.shape[0]), x.shape[0])
 
 
 def test_sample_binary_masks_equals_point_sample():

@@ -17,7 +17,7 @@ from dataseg.modeling.criterion import (
     scatter_logsumexp,
 )
 from dataseg.modeling.criterion.losses import focal_loss, sigmoid_focal_dice_loss
-from dataseg.modeling.criterion.merge import merge_mask_logits
+from dataseg.modeling.criterion.merge_first_design import clamped_sum_logits
 from helpers import make_criterion
 
 ALPHA, GAMMA = 0.25, 2.0
@@ -77,7 +77,7 @@ def test_merged_unit_weighs_like_one_proposal_where_clamped_sum_explodes():
     torch.testing.assert_close(members.grad.sum(), single.grad.sum())
     torch.testing.assert_close(members.grad[0], members.grad[1])
     # The first design: min(1, 0.5 + 0.5) = 1 and log(1 - p) floored at 1e-6: 0.75 * 13.8.
-    clamped = merge_mask_logits(torch.zeros(2, 1), torch.tensor([0, 0]), 1, "clamped_sum")
+    clamped = clamped_sum_logits(torch.zeros(2, 1), torch.tensor([0, 0]), 1)
     value = focal_loss(clamped, torch.zeros(1, 1), ALPHA, GAMMA).item()
     assert value == pytest.approx(0.75 * -math.log(1e-6), rel=1e-4)  # 10.36, 80x a proposal
     assert value > 25 * _focal_point(0.5, 0)
@@ -145,7 +145,7 @@ def test_no_segment_is_starved_and_merged_units_keep_their_class():
             # ever meets the segment of class c.
             assert int((argmax[in_unit] != label).sum()) <= 1
     # The first design fuses the six proposals into ONE unit: two segments get nothing.
-    first = make_criterion(num_points=64, merge_matching="unit", merge_mode="clamped_sum")
+    first = make_criterion(num_points=64, merge="first_design")
     assert all(m.gt_idx.numel() == 1 for m in first.match(outputs, targets,
                                                           _context("semantic", 4)))
 
@@ -190,8 +190,7 @@ def test_class_loss_no_object_weight_and_per_member_background():
     assert losses["loss_ce"].item() == pytest.approx(2.0 * expected, rel=1e-5)
     # The first design merges q1 and q2 into one unit with ONE background target (mean of
     # their softmaxes), i.e. half the background pressure per member.
-    first = make_criterion(num_points=64, deep_supervision=False, merge_matching="unit",
-                           merge_mode="clamped_sum")
+    first = make_criterion(num_points=64, deep_supervision=False, merge="first_design")
     sm = [torch.softmax(logits[i], 0) for i in (1, 2)]
     merged_bg = -math.log(((sm[0] + sm[1]) / 2)[3].item())
     old = (nll(rows[0], 0) + 0.1 * merged_bg) / 1.1

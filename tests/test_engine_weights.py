@@ -106,31 +106,6 @@ def test_junk_weights_file_gives_a_message(tmp_path, content):
             _load(CONFIG, TINY, str(path))
 
 
-@pytest.mark.parametrize("layers", [1, 2])
-def test_checkpoint_with_the_old_class_head_keys_loads_the_class_head(tmp_path, layers):
-    """Checkpoints saved when the class head was nn.Linear / nn.Sequential still load it."""
-    opts = TINY + ["MODEL.DATASEG.DECODER.CLASS_HEAD_LAYERS", str(layers)]
-    torch.manual_seed(0)
-    trained = build_model(get_dataseg_cfg(CONFIG, opts))
-    DaTaSegCheckpointer(trained, save_dir=str(tmp_path)).save("new")
-    data = torch.load(tmp_path / "new.pth", weights_only=False)
-    old = {}
-    for key, value in data["model"].items():
-        if key.startswith("classifier.class_head.layers."):
-            i, name = key[len("classifier.class_head.layers."):].split(".")
-            key = ("classifier.class_head." + name if layers == 1
-                   else f"classifier.class_head.{2 * int(i)}.{name}")
-        old[key] = value
-    data["model"] = old
-    torch.save(data, tmp_path / "old.pth")
-
-    torch.manual_seed(1)
-    model = _load(CONFIG, opts, str(tmp_path / "old.pth"))
-    for key, value in trained.state_dict().items():
-        if key.startswith("classifier."):
-            torch.testing.assert_close(model.state_dict()[key], value)
-
-
 def test_checkpoint_missing_the_class_head_warns(tmp_path, caplog):
     torch.manual_seed(0)
     model = build_model(get_dataseg_cfg(CONFIG, TINY))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dataseg.modeling.criterion import merge_mask_logits
+from dataseg.modeling.criterion.merge_first_design import clamped_sum_logits
 from dataseg.modeling.criterion.point_sampling import sample_shared_points
 from dataseg.modeling.criterion.losses import (
     dice_loss,
@@ -70,8 +71,7 @@ def test_focal_loss_fused_matches_reference(alpha, gamma, soft_targets):
     torch.testing.assert_close(gf, gr)
 
 
-@pytest.mark.parametrize("mode", ["clamped_sum", "max", "soft_union"])
-def test_merged_point_losses_match_reference(mode):
+def test_merged_point_losses_match_reference():
     """Merged units (probabilities and floored logs as separate inputs) get equal grads."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(9, 200, generator=g) * 3
@@ -80,7 +80,7 @@ def test_merged_point_losses_match_reference(mode):
 
     def run(loss_fn):
         def fn(logits):
-            pp = merge_mask_logits(logits, unit, 6, mode)
+            pp = clamped_sum_logits(logits, unit, 6)
             return loss_fn(pp, t, 0.25, 2.0) + dice_loss(pp.prob, t)
         return _grads(fn, x)
 
@@ -135,13 +135,13 @@ def test_logit_focal_dice_matches_probability_path(alpha, gamma, targets):
     assert torch.isfinite(gf).all()
 
 
-@pytest.mark.parametrize("mode", ["clamped_sum", "max", "soft_union"])
-def test_mixed_single_and_merged_units_equal_one_merge_path(mode):
+def test_mixed_single_and_merged_units_equal_one_merge_path():
     """The criterion's split (logits path for singletons, merge path for merged units) sums
-    to the same losses and gradients as merging every unit through ``merge_mask_logits``."""
+    to the same losses and gradients as merging every unit through ``clamped_sum_logits`` (the
+    first design's probability path)."""
     from dataseg.modeling.criterion import MaskSupervision
 
-    crit = MaskSupervision(merge_mode=mode)
+    crit = MaskSupervision(first_merge_design=True)
     g = torch.Generator().manual_seed(6)
     x = torch.randn(7, 120, generator=g) * 3
     member_pair = torch.tensor([2, 0, 1, 1, 3, 2, 2])  # pairs 0 and 3 are single proposals
@@ -153,12 +153,12 @@ def test_mixed_single_and_merged_units_equal_one_merge_path(mode):
         return torch.stack([focal, 2.0 * dice])
 
     def one_path(logits):
-        pp = merge_mask_logits(logits, member_pair, 4, mode)
+        pp = clamped_sum_logits(logits, member_pair, 4)
         td = t.to(pp.prob.dtype)
         return torch.stack([focal_loss(pp, td).sum(), 2.0 * dice_loss(pp.prob, td).sum()])
 
     out, (gs,) = _grads(split, x)
-    ref, (go,) = _grads(one_path, x)  # merge_mask_logits computes in float32
+    ref, (go,) = _grads(one_path, x)  # clamped_sum_logits computes in float32
     torch.testing.assert_close(out, ref.double(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gs, go.double(), rtol=1e-5, atol=1e-6)
 
@@ -230,7 +230,7 @@ def test_matching_from_logits_equals_the_merged_probability_path():
     for the default and a permuted unit order, in float32; same Hungarian assignment."""
     from dataseg.modeling.criterion import HungarianMatcher, MaskSupervision
     from dataseg.modeling.criterion.mask_supervision import _MaskTargets, _UnitLogits
-    from dataseg.modeling.criterion.merge import _groups, singleton_groups
+    from dataseg.modeling.criterion.merge import groups_from_units, singleton_groups
 
     sup, matcher = MaskSupervision(num_points=500), HungarianMatcher()
     g = torch.Generator().manual_seed(9)
@@ -241,13 +241,12 @@ def test_matching_from_logits_equals_the_merged_probability_path():
     class_logp = torch.log_softmax(torch.randn(B * Q, 5, generator=g), -1)
     labels = torch.tensor([0, 3, 1, 2])
     perm = torch.cat([torch.randperm(Q, generator=g) + b * Q for b in range(B)])
-    for groups in (singleton_groups(B, Q), _groups(perm, torch.arange(B).repeat_interleave(Q),
+    for groups in (singleton_groups(B, Q), groups_from_units(perm, torch.arange(B).repeat_interleave(Q),
                                                    B, Q)):
         fast = sup.cost_inputs(layer, None, groups, prep)
         assert isinstance(fast, _UnitLogits)
         point_logits = sample_shared_points(layer["pred_masks"], coords).flatten(0, 1)
-        slow = merge_mask_logits(point_logits, groups.unit_of_query, groups.num_units,
-                                 "logsumexp")
+        slow = merge_mask_logits(point_logits, groups.unit_of_query, groups.num_units)
         for b, (s, e) in enumerate(((0, Q), (Q, 2 * Q))):
             got = sup.image_cost(matcher, fast, s, e, b, class_logp[s:e], labels, prep)
             want = sup.image_cost(matcher, slow, s, e, b, class_logp[s:e], labels, prep)

@@ -147,7 +147,6 @@ class DaTaSegCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: Any):
         self._check_text_dim(checkpoint)
-        _upgrade_class_head_keys(checkpoint["model"])
         # detectron2 pops the state dict (and drops mis-shaped tensors from it): keep the
         # shapes to tell which config key differs.
         saved_shapes = {k[len("module."):] if k.startswith("module.") else k:
@@ -298,26 +297,6 @@ def local_weights_file(weights: str) -> Optional[str]:
     if not weights or "://" in weights:
         return None
     return weights.split("?", 1)[0]
-
-
-def _upgrade_class_head_keys(state: Dict[str, Any]) -> None:
-    """Rename the class-head keys of checkpoints saved before the head became an ``MLP``.
-
-    ``classifier.class_head.weight`` (one linear layer) and ``classifier.class_head.{2i}.*``
-    (``nn.Sequential`` of linear + ReLU) are now ``classifier.class_head.layers.{i}.*``;
-    without the rename they would be dropped as unexpected keys, silently.
-    """
-    prefix = "classifier.class_head."
-    for key in [k for k in state if k.startswith(prefix) and not k.startswith(prefix + "layers.")]:
-        rest = key[len(prefix):]
-        index, _, name = rest.rpartition(".")
-        if index == "":
-            layer = 0
-        elif index.isdigit() and int(index) % 2 == 0:
-            layer = int(index) // 2
-        else:
-            continue
-        state[f"{prefix}layers.{layer}.{name}"] = state.pop(key)
 
 
 def _dim(name: str, axis: int) -> Callable[[Dict[str, Tuple[int, ...]]], Optional[int]]:

@@ -59,9 +59,8 @@ COLUMNS = (
 )
 TEST_SETS = tuple(OrderedDict.fromkeys(c[1] for c in COLUMNS))
 
-MERGE_OFF = ["MODEL.DATASEG.CRITERION.MERGE_ENABLED", "False"]
-FIRST_MERGE = ["MODEL.DATASEG.CRITERION.MERGE_MODE", "clamped_sum",
-               "MODEL.DATASEG.CRITERION.MERGE_MATCHING", "unit"]
+MERGE_OFF = ["MODEL.DATASEG.CRITERION.MERGE", "none"]
+FIRST_MERGE = ["MODEL.DATASEG.CRITERION.MERGE", "first_design"]
 # Mask2Former's criterion: sigmoid BCE (focal with gamma 0, no alpha) 5, dice 5, CE 2.
 REFERENCE = MERGE_OFF + [
     "MODEL.DATASEG.CRITERION.FOCAL_GAMMA", "0.0", "MODEL.DATASEG.CRITERION.FOCAL_ALPHA", "-1.0",

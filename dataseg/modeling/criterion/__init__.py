@@ -3,18 +3,16 @@
 from ...tasks import TASKS
 from .box_supervision import BoxSupervision
 from .context import CriterionContext
-from .criterion import MERGE_MATCHINGS, MergeCriterion, build_criterion
+from .criterion import MERGE_CHOICES, MergeCriterion, build_criterion
 from .mask_supervision import MaskSupervision
 from .matcher import HungarianMatcher
 from .merge import (
-    MERGE_MODES,
     MergeGroups,
     PointProbs,
     anchored_groups,
-    group_by_class,
+    groups_from_units,
     merge_class_log_probs,
     merge_mask_logits,
-    merge_mask_probs,
     mergeable_classes,
     scatter_logsumexp,
     singleton_groups,
@@ -24,20 +22,18 @@ __all__ = [
     "TASKS",
     "CriterionContext",
     "MergeCriterion",
-    "MERGE_MATCHINGS",
+    "MERGE_CHOICES",
     "MaskSupervision",
     "BoxSupervision",
     "build_criterion",
     "HungarianMatcher",
-    "MERGE_MODES",
     "MergeGroups",
     "PointProbs",
     "anchored_groups",
-    "group_by_class",
+    "groups_from_units",
     "mergeable_classes",
     "scatter_logsumexp",
     "singleton_groups",
     "merge_class_log_probs",
     "merge_mask_logits",
-    "merge_mask_probs",
 ]

@@ -21,21 +21,19 @@ from .context import CriterionContext
 from .losses import class_nll_loss
 from .mask_supervision import MaskSupervision
 from .matcher import HungarianMatcher
-from .merge import (
-    anchored_groups,
-    group_by_class,
-    merge_class_log_probs,
-    mergeable_classes,
-    singleton_groups,
-)
+from .merge import anchored_groups, merge_class_log_probs, mergeable_classes, singleton_groups
+from .merge_first_design import group_by_class
 from .supervision import LayerMatch
 
-__all__ = ["MergeCriterion", "build_criterion", "MERGE_MATCHINGS"]
+__all__ = ["MergeCriterion", "build_criterion", "MERGE_CHOICES"]
 
-# How merged units meet the ground truth (see ``merge.anchored_groups``):
-#   "anchored": every segment gets an anchor proposal first, same-class proposals join it;
-#   "unit": the first design, proposals grouped by argmax and the units matched freely.
-MERGE_MATCHINGS = ("anchored", "unit")
+# Values of MODEL.DATASEG.CRITERION.MERGE:
+#   "anchored": DaTaSeg's MERGE (``merge.py``): every segment gets an anchor proposal first,
+#       same-class proposals join it, members' mask logits merge by log-sum-exp;
+#   "none": the MERGE ablation, proposals matched one by one as in Mask2Former;
+#   "first_design": the ablation of the first design (``merge_first_design.py``): proposals
+#       grouped by argmax, units matched freely, clamped-sum masks.
+MERGE_CHOICES = ("anchored", "none", "first_design")
 
 
 @CRITERION_REGISTRY.register()
@@ -69,8 +67,7 @@ class MergeCriterion(nn.Module):
         matcher: HungarianMatcher,
         mask_supervision: Optional[MaskSupervision] = None,
         box_supervision: Optional[BoxSupervision] = None,
-        merge_matching: str = "anchored",
-        merge_enabled: bool = True,
+        merge: str = "anchored",
         class_weight: float = 2.0,
         no_object_weight: float = 0.1,
         deep_supervision: bool = True,
@@ -81,11 +78,11 @@ class MergeCriterion(nn.Module):
             matcher: the Hungarian matcher (cost weights).
             mask_supervision: losses of mask tasks (default: ``MaskSupervision()``).
             box_supervision: losses of box tasks (default: ``BoxSupervision()``).
-            merge_matching: how merged units are paired with ground truth, one of
-                ``MERGE_MATCHINGS`` ("anchored": ``merge.anchored_groups``; "unit": group by
-                argmax, then match the units freely, the first design kept for the ablation).
-            merge_enabled: False replaces every task's MERGE by the identity (proposals are
-                matched one by one, as in Mask2Former): the ablation of DaTaSeg's MERGE.
+            merge: one of ``MERGE_CHOICES``: "anchored" (DaTaSeg's MERGE), "none" (every
+                task's MERGE replaced by the identity, proposals matched one by one as in
+                Mask2Former) or "first_design" (argmax units matched freely); the last two
+                are ablations. The mask arithmetic of "first_design" is the mask
+                supervision's (``first_merge_design``).
             class_weight: weight of the cross-entropy.
             no_object_weight: CE weight of the background class.
             deep_supervision: also match and supervise every ``outputs["aux_outputs"]`` layer.
@@ -93,14 +90,13 @@ class MergeCriterion(nn.Module):
                 (missing names: 1.0).
         """
         super().__init__()
-        if merge_matching not in MERGE_MATCHINGS:
+        if merge not in MERGE_CHOICES:
             raise ValueError(
-                f"MERGE_MATCHING must be one of {MERGE_MATCHINGS}, got {merge_matching!r}")
+                f"MODEL.DATASEG.CRITERION.MERGE must be one of {MERGE_CHOICES}, got {merge!r}")
         self.matcher = matcher
         self.mask_supervision = mask_supervision or MaskSupervision()
         self.box_supervision = box_supervision or BoxSupervision()
-        self.merge_matching = merge_matching
-        self.merge_enabled = merge_enabled
+        self.merge = merge
         self.class_weight = class_weight
         self.no_object_weight = no_object_weight
         self.deep_supervision = deep_supervision
@@ -128,8 +124,7 @@ class MergeCriterion(nn.Module):
             "matcher": matcher,
             "mask_supervision": MaskSupervision(cfg),
             "box_supervision": BoxSupervision(cfg),
-            "merge_matching": c.MERGE_MATCHING,
-            "merge_enabled": c.MERGE_ENABLED,
+            "merge": c.MERGE,
             "class_weight": c.CLASS_WEIGHT,
             "no_object_weight": c.NO_OBJECT_WEIGHT,
             "deep_supervision": c.DEEP_SUPERVISION,
@@ -186,7 +181,7 @@ class MergeCriterion(nn.Module):
         self._check_targets(targets, B, C1 - 1, sup.target_key, context)
         device = outputs["pred_logits"].device
         mergeable = mergeable_classes(context.task, context.is_thing, C1 - 1, device)
-        if not self.merge_enabled:
+        if self.merge == "none":
             mergeable = torch.zeros_like(mergeable)
         merging = bool(mergeable.any())
         if merging and get_task(context.task).box_supervised:
@@ -196,7 +191,7 @@ class MergeCriterion(nn.Module):
         matches, states = [], []
         for layer in layers:
             state = sup.layer_state(layer)
-            if merging and self.merge_matching == "unit":
+            if merging and self.merge == "first_design":
                 match = self._hungarian(layer, group_by_class(layer["pred_logits"], mergeable),
                                         targets, sup, state, prep)
             else:

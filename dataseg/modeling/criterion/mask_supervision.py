@@ -1,7 +1,8 @@
 """Mask supervision of ``MergeCriterion``: focal + dice on importance-sampled points.
 
 Used for every task whose ground truth is masks (panoptic, semantic, instance). Merged units
-combine their members' point logits with the MERGE arithmetic (``MERGE_MODE``, ``merge.py``).
+combine their members' point logits with the MERGE arithmetic (``merge.py``; the first
+design's, ``merge_first_design.py``, in the MERGE ablation).
 """
 
 from dataclasses import dataclass
@@ -21,14 +22,8 @@ from .losses import (
     focal_loss,
     sigmoid_focal_dice_loss,
 )
-from .merge import (
-    MERGE_MODES,
-    MergeGroups,
-    PointProbs,
-    merge_mask_logits,
-    merge_mask_probs,
-    scatter_logsumexp,
-)
+from .merge import MergeGroups, PointProbs, merge_mask_logits, scatter_logsumexp
+from .merge_first_design import clamped_sum_logits, clamped_sum_probs
 from .point_sampling import (
     PixelPoints,
     read_mask_pixels,
@@ -94,7 +89,7 @@ class MaskSupervision:
     def __init__(
         self,
         *,
-        merge_mode: str = "logsumexp",
+        first_merge_design: bool = False,
         focal_weight: float = 20.0,
         dice_weight: float = 5.0,
         focal_alpha: float = 0.25,
@@ -108,7 +103,9 @@ class MaskSupervision:
     ):
         """
         Args:
-            merge_mode: mask arithmetic of merged units, one of ``MERGE_MODES``.
+            first_merge_design: merge units with the first design's clamped sum
+                (``merge_first_design.py``) instead of DaTaSeg's log-sum-exp: the MERGE
+                ablation only.
             focal_weight, dice_weight: loss weights.
             focal_alpha, focal_gamma: focal loss parameters (alpha < 0 and gamma 0: BCE).
             num_points, oversample_ratio, importance_sample_ratio: point sampling of the mask
@@ -126,8 +123,6 @@ class MaskSupervision:
                 ``torch.compile`` (``compiled_sigmoid_focal_dice_loss``): ~18 % less criterion
                 time on CPU after a one-off compilation; needs a C++ compiler.
         """
-        if merge_mode not in MERGE_MODES:
-            raise ValueError(f"MERGE_MODE must be one of {MERGE_MODES}, got {merge_mode!r}")
         if gt_sample_mode not in ("nearest", "bilinear"):
             raise ValueError(
                 "MODEL.DATASEG.CRITERION.GT_SAMPLE_MODE must be 'nearest' or 'bilinear', got "
@@ -136,7 +131,7 @@ class MaskSupervision:
             raise ValueError(
                 "MODEL.DATASEG.CRITERION.POINT_SAMPLER must be 'grid' or 'detectron2', got "
                 f"{point_sampler!r}")
-        self.merge_mode = merge_mode
+        self.first_merge_design = first_merge_design
         self.focal_weight = focal_weight
         self.dice_weight = dice_weight
         self.focal_alpha = focal_alpha
@@ -153,7 +148,7 @@ class MaskSupervision:
     def from_config(cls, cfg):
         c = cfg.MODEL.DATASEG.CRITERION
         return {
-            "merge_mode": c.MERGE_MODE,
+            "first_merge_design": c.MERGE == "first_design",
             "focal_weight": c.FOCAL_WEIGHT,
             "dice_weight": c.DICE_WEIGHT,
             "focal_alpha": c.FOCAL_ALPHA,
@@ -190,11 +185,11 @@ class MaskSupervision:
             identity = bool((groups.unit_rep == torch.arange(
                 groups.num_units, device=groups.unit_rep.device)).all())
             return _UnitLogits(point_logits if identity else point_logits[groups.unit_rep])
-        return merge_mask_logits(
-            point_logits, groups.unit_of_query, groups.num_units,
-            self.merge_mode, single_member=groups.unit_size == 1,
-            unit_rep_member=groups.unit_rep,
-        )
+        if self.first_merge_design:
+            return clamped_sum_logits(
+                point_logits, groups.unit_of_query, groups.num_units,
+                single_member=groups.unit_size == 1, unit_rep_member=groups.unit_rep)
+        return merge_mask_logits(point_logits, groups.unit_of_query, groups.num_units)
 
     @staticmethod
     def image_cost(matcher, inputs, start, end, image, class_log_probs, labels,
@@ -237,13 +232,12 @@ class MaskSupervision:
             if member_pair is None:
                 # Mask2Former's uncertainty of a single proposal: -|logit|.
                 source, uncertainty_fn = member_logits, _logit_uncertainty
-            elif self.merge_mode == "logsumexp":
+            elif self.first_merge_design:
+                source = clamped_sum_probs(torch.sigmoid(member_logits), member_pair, M)
+                uncertainty_fn = _uncertainty
+            else:
                 source = scatter_logsumexp(member_logits.float(), member_pair, M)
                 uncertainty_fn = _logit_uncertainty
-            else:
-                source = merge_mask_probs(
-                    torch.sigmoid(member_logits), member_pair, M, self.merge_mode)
-                uncertainty_fn = _uncertainty
             points, gt_points = self._sample_points(source, uncertainty_fn, match, targets)
             del source
         point_logits = points.sample(member_logits, member_pair)  # (Nm, P)
@@ -261,8 +255,8 @@ class MaskSupervision:
         """Summed focal and dice losses of a layer whose units include merged ones.
 
         Single-proposal units take the logits path; merged units merge their members'
-        point logits (``MERGE_MODE``): ``logsumexp`` gives merged logits, which take the same
-        logits path; the other modes take the probability path.
+        point logits by log-sum-exp into merged logits, which take the same logits path (the
+        first design's clamped sum takes the probability path).
         """
         single_member = single_pair[member_pair]
         focal = dice = point_logits.sum() * 0.0
@@ -275,14 +269,14 @@ class MaskSupervision:
         if merged_pairs.numel():
             compact = torch.cumsum(~single_pair, 0) - 1  # pair -> index among merged pairs
             rows = ~single_member
-            if self.merge_mode == "logsumexp":
+            if not self.first_merge_design:
                 merged = scatter_logsumexp(
                     point_logits[rows], compact[member_pair[rows]], merged_pairs.numel())
                 f, d = self._point_loss(
                     merged, gt_points[merged_pairs], self.focal_alpha, self.focal_gamma)
                 return focal + f.sum(), dice + d.sum()
-            pp = merge_mask_logits(point_logits[rows], compact[member_pair[rows]],
-                                   merged_pairs.numel(), self.merge_mode)
+            pp = clamped_sum_logits(point_logits[rows], compact[member_pair[rows]],
+                                    merged_pairs.numel())
             targets = gt_points[merged_pairs].to(pp.prob.dtype)
             focal = focal + focal_loss(pp, targets, self.focal_alpha, self.focal_gamma).sum()
             dice = dice + dice_loss(pp.prob, targets).sum()

@@ -2,14 +2,13 @@
 
 A merge has two halves that this module keeps apart:
 
-* **grouping** (discrete): which proposals form one segment. Proposals are grouped by their
-  argmax class over the dataset's ``C + 1`` logits; the task table (``dataseg.tasks``) says
-  which classes may be merged (semantic: every class, panoptic: stuff classes only,
-  instance / box: none). In training the units are anchored on the ground truth
-  (:func:`anchored_groups`, the default) or, in the first design, matched freely after
-  grouping (:func:`group_by_class`).
-* **arithmetic** (continuous, chosen by ``MODEL.DATASEG.CRITERION.MERGE_MODE``): how the
-  members' mask probabilities and class distributions are combined into the segment's.
+* **grouping** (discrete): which proposals form one segment. The task table
+  (``dataseg.tasks``) says which classes may be merged (semantic: every class, panoptic: stuff
+  classes only, instance / box: none). In training every unit is anchored on a ground-truth
+  segment (:func:`anchored_groups`): the segment's one-by-one Hungarian match plus every other
+  proposal predicting its (mergeable) class.
+* **arithmetic** (continuous): how the members' mask logits and class distributions are
+  combined into the segment's.
 
 Rules shared by every task (the paper does not publish them; these are our choices):
 
@@ -20,20 +19,16 @@ Rules shared by every task (the paper does not publish them; these are our choic
   instance / box) stays an individual unit too. Every proposal belongs to exactly one unit,
   so a unit of one member is the proposal itself.
 * The merged class distribution is the mean of the members' softmax distributions.
-* The merged mask is, per pixel (or per sampled point):
-    - ``"logsumexp"`` (default): the merged LOGIT is ``log sum_i exp(x_i)`` of the members'
-      logits, i.e. the merged odds are the sum of the members' odds. It is a union (at least
-      the largest member, about the sum of small probabilities), its logs are exact (the unit
-      takes the same logits losses as a single proposal, no floor anywhere), and its gradient
-      is a single proposal's gradient split among the members by their softmax weights, so a
-      unit of n members never weighs more than one proposal. Members that each cover half of
-      a segment give the segment, with ~zero loss.
-    - ``"clamped_sum"`` (the first design, kept for the ablation): ``min(1, sum_i p_i)`` with
-      a straight-through gradient and logs floored at ``1e-6``. Two overlapping members at 0.5
-      already give probability 1, so every negative point costs the floor (13.8) and every
-      member gets the full gradient: losses 1-2 orders of magnitude above a proposal's.
-    - ``"max"``: ``max_i p_i`` (gradient reaches, at each point, the member that is max there).
-    - ``"soft_union"``: ``1 - prod_i (1 - p_i)``.
+* The merged mask LOGIT is ``log sum_i exp(x_i)`` of the members' logits, i.e. the merged
+  odds are the sum of the members' odds. It is a union (at least the largest member, about
+  the sum of small probabilities), its logs are exact (the unit takes the same logits losses
+  as a single proposal, no floor anywhere), and its gradient is a single proposal's gradient
+  split among the members by their softmax weights, so a unit of n members never weighs more
+  than one proposal. Members that each cover half of a segment give the segment, with ~zero
+  loss.
+
+The first design (argmax grouping matched freely, clamped-sum arithmetic) lives in
+``merge_first_design.py``, for the MERGE ablation only.
 
 Everything is vectorised over the whole batch: units get global ids (sorted by image, then
 by key) through one ``torch.unique``, and members are combined with ``index_add`` /
@@ -50,26 +45,17 @@ from torch.nn import functional as F
 from ...tasks import get_task
 
 __all__ = [
-    "MERGE_MODES",
     "MergeGroups",
     "PointProbs",
     "anchored_groups",
-    "group_by_class",
+    "groups_from_units",
     "mergeable_classes",
     "singleton_groups",
     "merge_class_log_probs",
-    "merge_mask_probs",
     "merge_mask_logits",
     "scatter_logsumexp",
     "sigmoid_with_logs",
 ]
-
-MERGE_MODES = ("logsumexp", "clamped_sum", "max", "soft_union")
-
-# Floor of probabilities inside logs for merged units. With focal loss the (p)^gamma /
-# (1 - p)^gamma factors keep a non-zero gradient where the log is floored.
-_LOG_EPS = 1e-6
-
 
 @dataclass
 class MergeGroups:
@@ -105,34 +91,14 @@ class MergeGroups:
         return offsets
 
 
-def group_by_class(pred_logits: torch.Tensor, mergeable: torch.Tensor) -> MergeGroups:
-    """Group proposals that predict the same mergeable class, per image.
+def groups_from_units(unit_of_query: torch.Tensor, unit_image: torch.Tensor, B: int, Q: int
+            ) -> MergeGroups:
+    """MergeGroups from each proposal's global unit id and each unit's image.
 
     Args:
-        pred_logits: (B, Q, C+1) class logits, background last. Only the argmax is used.
-        mergeable: bool (C,) classes whose proposals are merged.
-
-    Returns:
-        MergeGroups. Background-predicted and non-mergeable proposals are singleton units.
+        unit_of_query: int64 (B*Q,) global unit id of each flattened proposal.
+        unit_image: int64 (U,) image of each unit, sorted (units are numbered image by image).
     """
-    B, Q, C1 = pred_logits.shape
-    C = C1 - 1
-    labels = pred_logits.detach().argmax(-1)  # (B, Q); grouping is discrete, no gradient
-    is_fg = labels < C
-    merge_q = is_fg & mergeable.to(labels.device)[labels.clamp(max=C - 1)]
-    query_ids = torch.arange(Q, device=labels.device).expand(B, Q)
-    # Merged proposals share the key of their class; the others get a key of their own.
-    key = torch.where(merge_q, labels, C + query_ids)
-    stride = C + Q
-    image_ids = torch.arange(B, device=labels.device)[:, None]
-    global_key = (image_ids * stride + key).reshape(-1)
-    uniq, inverse = torch.unique(global_key, return_inverse=True)
-    return _groups(inverse, torch.div(uniq, stride, rounding_mode="floor"), B, Q)
-
-
-def _groups(unit_of_query: torch.Tensor, unit_image: torch.Tensor, B: int, Q: int
-            ) -> MergeGroups:
-    """MergeGroups from each proposal's global unit id and each unit's image (sorted)."""
     U = unit_image.numel()
     device = unit_of_query.device
     rep = torch.full((U,), B * Q, dtype=torch.long, device=device).scatter_reduce(
@@ -230,11 +196,6 @@ def sigmoid_with_logs(x: torch.Tensor):
     return _sigmoid_with_logs_values(x)
 
 
-def _check_mode(mode: str):
-    if mode not in MERGE_MODES:
-        raise ValueError(f"Unknown MERGE_MODE {mode!r}; choose one of {MERGE_MODES}.")
-
-
 def _scatter_sum(values: torch.Tensor, index: torch.Tensor, num: int) -> torch.Tensor:
     out = values.new_zeros((num,) + values.shape[1:])
     return out.index_add(0, index, values)
@@ -244,11 +205,6 @@ def _scatter_max(values: torch.Tensor, index: torch.Tensor, num: int) -> torch.T
     out = values.new_full((num,) + values.shape[1:], float("-inf"))
     idx = index.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
     return out.scatter_reduce(0, idx, values, reduce="amax", include_self=True)
-
-
-def _straight_through_clamp_max1(s: torch.Tensor) -> torch.Tensor:
-    # Value exactly min(1, s); gradient of s everywhere (see module docstring).
-    return s.detach().clamp(max=1.0) + (s - s.detach())
 
 
 def scatter_logsumexp(
@@ -287,27 +243,6 @@ def merge_class_log_probs(
     return scatter_logsumexp(log_p, unit_of_member, num_units) - count.log()[:, None]
 
 
-def merge_mask_probs(
-    member_probs: torch.Tensor, unit_of_member: torch.Tensor, num_units: int, mode: str
-) -> torch.Tensor:
-    """Merge member mask probabilities (N, ...) into unit probabilities (U, ...).
-
-    ``"logsumexp"`` sums the members' odds ``p / (1 - p)``; from logits prefer
-    :func:`merge_mask_logits` (exact where ``p`` rounds to 1).
-    """
-    _check_mode(mode)
-    if mode == "logsumexp":
-        p = member_probs.clamp(0.0, 1.0)
-        logit = torch.log(p) - torch.log1p(-p)  # +-inf at 0 / 1 are fine for exp below
-        return torch.sigmoid(scatter_logsumexp(logit, unit_of_member, num_units))
-    if mode == "clamped_sum":
-        return _straight_through_clamp_max1(_scatter_sum(member_probs, unit_of_member, num_units))
-    if mode == "max":
-        return _scatter_max(member_probs, unit_of_member, num_units)
-    log_q = torch.log1p(-member_probs.clamp(max=1.0 - _LOG_EPS))
-    return -torch.expm1(_scatter_sum(log_q, unit_of_member, num_units))
-
-
 class PointProbs(NamedTuple):
     """Merged mask probabilities with numerically safe logs, all (U, ...)."""
 
@@ -317,67 +252,20 @@ class PointProbs(NamedTuple):
 
 
 def merge_mask_logits(
-    member_logits: torch.Tensor,
-    unit_of_member: torch.Tensor,
-    num_units: int,
-    mode: str,
-    single_member: Optional[torch.Tensor] = None,
-    unit_rep_member: Optional[torch.Tensor] = None,
+    member_logits: torch.Tensor, unit_of_member: torch.Tensor, num_units: int
 ) -> PointProbs:
     """Merge member mask LOGITS (N, ...) into unit probabilities and their logs (U, ...).
 
-    Single-member units keep the exact ``logsigmoid`` of their logits (so a saturated but
-    wrong proposal still gets a gradient, as with a logits loss). ``logsumexp`` and ``max``
-    merge the logits themselves (exact logs); ``soft_union`` has an exact ``log(1 - p)``
-    (a sum); ``clamped_sum`` floors its logs at ``1e-6``.
+    The unit's logit is the log-sum-exp of its members' (see the module docstring), so a
+    single-member unit keeps its logit, and both logs are exact ``logsigmoid`` values.
 
     Args:
         member_logits: (N, ...) mask logits of the members.
         unit_of_member: int64 (N,) unit of each member (in ``0..num_units-1``).
         num_units: U.
-        mode: one of ``MERGE_MODES``.
-        single_member: optional bool (U,) units with exactly one member; computed if None.
-        unit_rep_member: optional int64 (U,) index into the N members of one member per
-            unit; computed if None.
     """
-    _check_mode(mode)
     x = member_logits.float()
-    if mode == "logsumexp":
-        return PointProbs(*sigmoid_with_logs(scatter_logsumexp(x, unit_of_member, num_units)))
-    if mode == "max":
-        return PointProbs(*sigmoid_with_logs(_scatter_max(x, unit_of_member, num_units)))
-    if single_member is None:
-        single_member = torch.bincount(unit_of_member, minlength=num_units) == 1
-    if bool(single_member.all()):
-        # Nothing merged: the units are the members (in unit order).
-        order = torch.empty_like(unit_of_member)
-        order[unit_of_member] = torch.arange(unit_of_member.numel(), device=x.device)
-        return PointProbs(*sigmoid_with_logs(x[order]))
-    if unit_rep_member is None:
-        ids = torch.arange(unit_of_member.numel(), device=x.device)
-        unit_rep_member = torch.full((num_units,), unit_of_member.numel(), device=x.device)
-        unit_rep_member = unit_rep_member.scatter_reduce(0, unit_of_member, ids, reduce="amin")
-    # Single-member rows get their exact logs; only merged rows use the floored logs.
-    single_rows = single_member.nonzero().squeeze(1)
-    merged_rows = (~single_member).nonzero().squeeze(1)
-    _, rep_log_p, rep_log_1mp = sigmoid_with_logs(x[unit_rep_member[single_rows]])
-
-    def assemble(single_part, merged_part):
-        out = single_part.new_empty((num_units,) + single_part.shape[1:])
-        return out.index_copy(0, single_rows, single_part).index_copy(0, merged_rows, merged_part)
-
-    if mode == "clamped_sum":
-        prob = merge_mask_probs(torch.sigmoid(x), unit_of_member, num_units, mode)
-        merged = prob[merged_rows]
-        log_p = assemble(rep_log_p, merged.clamp(min=_LOG_EPS).log())
-        log_1mp = assemble(rep_log_1mp, (1.0 - merged).clamp(min=_LOG_EPS).log())
-        return PointProbs(prob, log_p, log_1mp)
-    # soft_union: log(1 - p) = sum_i log(1 - p_i), exact.
-    _, _, member_log_1mp = sigmoid_with_logs(x)
-    log_1mp = _scatter_sum(member_log_1mp, unit_of_member, num_units)
-    prob = -torch.expm1(log_1mp)
-    log_p = assemble(rep_log_p, prob[merged_rows].clamp(min=_LOG_EPS).log())
-    return PointProbs(prob, log_p, log_1mp)
+    return PointProbs(*sigmoid_with_logs(scatter_logsumexp(x, unit_of_member, num_units)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -448,5 +336,5 @@ def anchored_groups(
         offset += n
     unit_image = torch.repeat_interleave(
         torch.arange(B, device=device), torch.tensor(units_per_image, device=device))
-    return _groups(torch.cat(unit_of_query), unit_image, B, Q), torch.cat(unit_idx), \
+    return groups_from_units(torch.cat(unit_of_query), unit_image, B, Q), torch.cat(unit_idx), \
         torch.cat(gt_idx)
