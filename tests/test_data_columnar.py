@@ -15,12 +15,13 @@ from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.common import DatasetFromList
 
 from dataseg.data import DatasetValidationError, build_dataseg_train_loader, register_box_dataset
+from dataseg.data import file_lock
 from dataseg.data.columnar import (
     ColumnarDatasetDicts,
-    _JsonStream,
     columnar_cache_folder,
     ensure_columnar_cache,
 )
+from dataseg.data.json_stream import JsonStream
 
 CATEGORIES = [{"id": 90, "name": "pyramid"}, {"id": 7, "name": "ball"},
               {"id": 72, "name": "crate"}]
@@ -158,8 +159,6 @@ def test_concurrent_processes_build_one_complete_folder(tmp_path):
 
 
 def test_stale_lock_is_taken_over_and_the_dead_builders_folder_removed(tmp_path):
-    from dataseg.data import columnar
-
     json_file, _ = _tricky_coco(tmp_path)
     cache = str(tmp_path / "cache")
     folder = columnar_cache_folder(json_file, cache)
@@ -172,7 +171,7 @@ def test_stale_lock_is_taken_over_and_the_dead_builders_folder_removed(tmp_path)
     os.makedirs(leftover)
     with open(os.path.join(leftover, "image_ids.npy"), "wb") as f:
         f.write(b"partial")
-    old = os.path.getmtime(lock) - 2 * columnar._STALE_LOCK_S
+    old = os.path.getmtime(lock) - 2 * file_lock.STALE_LOCK_S
     for path in (os.path.join(leftover, "image_ids.npy"), leftover, lock):
         os.utime(path, (old, old))
     assert ensure_columnar_cache(json_file, cache, wait_timeout_s=60) == folder
@@ -181,8 +180,6 @@ def test_stale_lock_is_taken_over_and_the_dead_builders_folder_removed(tmp_path)
 
 
 def test_takeover_of_a_lock_that_is_live_again_puts_it_back(tmp_path):
-    from dataseg.data import columnar
-
     # Two waiters judged the same lock stale; the first took it over and created its own
     # fresh lock before the second's takeover: the second moves the fresh lock away, sees it
     # is live and puts it back, and the leftovers stay.
@@ -191,15 +188,15 @@ def test_takeover_of_a_lock_that_is_live_again_puts_it_back(tmp_path):
     with open(lock, "w") as f:
         f.write("first waiter\n")
     os.makedirs(other_build)
-    old = os.path.getmtime(lock) - 2 * columnar._STALE_LOCK_S
+    old = os.path.getmtime(lock) - 2 * file_lock.STALE_LOCK_S
     os.utime(other_build, (old, old))
-    assert not columnar._take_over_stale_lock(lock, folder, "h 2 h-2-ab\n")
+    assert not file_lock.take_over_stale_lock(lock, folder, "h 2 h-2-ab\n")
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(p) for p in (lock, other_build)]
     with open(lock) as f:
         assert f.read() == "first waiter\n"
     # A lock that is stale indeed: removed, with the folder its builder left.
     os.utime(lock, (old, old))
-    assert columnar._take_over_stale_lock(lock, folder, "h 2 h-2-ab\n")
+    assert file_lock.take_over_stale_lock(lock, folder, "h 2 h-2-ab\n")
     assert os.listdir(tmp_path) == []
 
 
@@ -207,12 +204,12 @@ def test_heartbeat_survives_a_vanished_lock(tmp_path, monkeypatch):
     from dataseg.data import columnar
 
     lock = str(tmp_path / "x.lock")
-    columnar._heartbeat(lock, "me\n")  # no lock: re-created, no FileNotFoundError
+    file_lock.heartbeat(lock, "me\n")  # no lock: re-created, no FileNotFoundError
     with open(lock) as f:
         assert f.read() == "me\n"
     with open(lock, "w") as f:
         f.write("other\n")
-    columnar._heartbeat(lock, "me\n")  # another process's lock is only touched
+    file_lock.heartbeat(lock, "me\n")  # another process's lock is only touched
     with open(lock) as f:
         assert f.read() == "other\n"
     # A build whose lock a waiter removes (as stale) mid-build completes, and releases the lock
@@ -275,7 +272,7 @@ def test_stream_parser_across_chunk_boundaries():
     expected = json.loads(text)
     for chunk in (1, 2, 3, 7, 1000):
         got = {}
-        for key, value, element in _JsonStream(io.StringIO(text), chunk_chars=chunk):
+        for key, value, element in JsonStream(io.StringIO(text), chunk_chars=chunk):
             if element:
                 got.setdefault(key, []).append(value)
             else:
@@ -363,7 +360,7 @@ def test_large_json_uses_the_cache_by_default(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_categories_read_without_parsing_the_boxes(tmp_path, where):
-    from dataseg.data.columnar import read_coco_list
+    from dataseg.data.json_stream import read_coco_list
 
     big = [{"id": i, "image_id": 1, "bbox": [0, 0, 1, 1], "category_id": 7} for i in range(3000)]
     parts = {"info": {"note": 'the "categories": [] key is escaped here'}, "images": [],

@@ -93,7 +93,7 @@ def test_coco_repeated_image_id_is_refused_naming_the_files(tmp_path, columnar):
 def test_repeated_image_id_found_by_the_large_json_scan(tmp_path, monkeypatch):
     # Large jsons: the images list is found without parsing the annotations.
     from dataseg.data import catalog
-    from dataseg.data.columnar import read_coco_list
+    from dataseg.data.json_stream import read_coco_list
 
     images = [{"id": 5, "file_name": "a.jpg", "height": 8, "width": 8},
               {"id": 5, "file_name": "b.jpg", "height": 8, "width": 8}]

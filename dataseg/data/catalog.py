@@ -10,6 +10,10 @@ that are not downloaded can be registered at import time. Files are checked when
 is loaded, and every failure names the path that was expected: every image and label file is
 looked up (one folder listing per folder), ids are checked once, and a sample of files is
 opened to compare sizes and label values.
+
+COCO box jsons of Objects365's size are read through the memory-mapped columnar cache
+(``dataseg.data.columnar``) instead of detectron2's ``load_coco_json``; both readers' results
+go through the same checks against the registration.
 """
 
 import json
@@ -27,7 +31,15 @@ from detectron2.data.datasets.coco import load_coco_json
 from detectron2.utils.file_io import PathManager
 
 from ..tasks import TASKS, check_task, get_task
+from .columnar import (
+    ColumnarDatasetDicts,
+    ColumnarUnsupported,
+    RepeatedImageIds,
+    ensure_columnar_cache,
+    use_columnar_cache,
+)
 from .image_io import display_size, exif_orientation
+from .json_stream import read_coco_list
 from .panoptic_png import rgb_to_segment_ids
 
 logger = logging.getLogger(__name__)
@@ -163,16 +175,22 @@ def check_unique_image_ids(images: Sequence[Dict], json_file: str, dataset_name:
         )
 
 
+def _invalid_json_error(path: str, what: str, dataset_name: str,
+                        error: json.JSONDecodeError) -> DatasetValidationError:
+    """The error a user can act on for a json that does not parse (a half-downloaded file,
+    usually), whichever reader found it."""
+    return DatasetValidationError(
+        f"Dataset {dataset_name!r}: {what} {path!r} is not valid JSON ({error}); the file is "
+        "probably truncated or was only partly downloaded. Download or extract it again.")
+
+
 def _read_json(path: str, what: str, dataset_name: str):
-    """``json.load`` with the error a user can act on (a half-downloaded file, usually)."""
+    """``json.load`` with the error a user can act on."""
     with PathManager.open(path) as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
-            raise DatasetValidationError(
-                f"Dataset {dataset_name!r}: {what} {path!r} is not valid JSON ({e}); the file is "
-                "probably truncated or was only partly downloaded. Download or extract it again."
-            ) from e
+            raise _invalid_json_error(path, what, dataset_name, e) from e
 
 
 def _set_metadata(name: str, **kwargs):
@@ -615,11 +633,17 @@ def _json_categories(categories: Sequence[Dict]):
 
 
 def _read_coco_list(json_file: str, key: str, dataset_name: str) -> List[Dict]:
-    """The json's top-level list ``key`` ("categories", "images"), in the json's order."""
-    if os.path.isfile(json_file) and os.path.getsize(json_file) >= _CATEGORIES_SCAN_BYTES:
-        # Objects365-sized: find the list without parsing every box.
-        from .columnar import read_coco_list
+    """The json's top-level list ``key`` ("categories", "images"), in the json's order.
 
+    Found by a byte search (``read_coco_list``), without parsing the rest of the json, for the
+    images always (they are read at load time, when ``load_coco_json`` parses the json anyway:
+    a full parse here would be a second one) and for the categories of a json of
+    :data:`_CATEGORIES_SCAN_BYTES` or more (read at registration, often at import time: a
+    small json is parsed whole, so that no ``categories`` key nested in an image or an
+    annotation can be taken for the list).
+    """
+    if os.path.isfile(json_file) and (
+            key == "images" or os.path.getsize(json_file) >= _CATEGORIES_SCAN_BYTES):
         found = read_coco_list(json_file, key)
         if found is not None:
             return found
@@ -713,19 +737,21 @@ def _registered_id_map(name: str, json_file: str) -> Dict[int, int]:
     return id_map
 
 
-def _load_coco(name, json_file, image_root, task, keep_masks):
-    meta = MetadataCatalog.get(name)
-    hint = _hint(meta.as_dict())
-    require_path(json_file, "COCO json", name, hint, is_dir=False)
-    require_path(image_root, "image", name, hint)
-    if task == "box" and not keep_masks:
-        # Large box jsons: a memory-mapped columnar cache instead of one dict per box in every
-        # process (dataseg/data/columnar.py); None when the json path is used.
-        from .columnar import load_columnar_box_dicts
+def _unknown_category_error(name: str, json_file: str,
+                            error: KeyError) -> DatasetValidationError:
+    """An annotation's category_id is not among the json's categories (either reader)."""
+    return DatasetValidationError(
+        f"Dataset {name!r}: {json_file!r} has an annotation whose category_id is not among "
+        f"its categories ({error}). Fix the annotation or add the category to the json.")
 
-        columnar = load_columnar_box_dicts(name, json_file, image_root)
-        if columnar is not None:
-            return columnar
+
+def _read_coco_json(name: str, json_file: str, image_root: str):
+    """detectron2's ``load_coco_json`` with errors a user can act on.
+
+    Returns:
+        (dicts, json_ids, json_names): the dataset dicts, whose ``category_id`` is the index
+        in the json's categories sorted by id; those categories' ids and names.
+    """
     # pycocotools indexes images by id: a repeated id would vanish without a trace.
     check_unique_image_ids(_read_coco_list(json_file, "images", name), json_file, name)
     # load_coco_json reports the json's own categories through the metadata of the name it is
@@ -738,38 +764,97 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
         json_ids = [int(c) for c in probed.thing_dataset_id_to_contiguous_id]
         json_names = list(probed.thing_classes)
     except json.JSONDecodeError as e:
-        raise DatasetValidationError(
-            f"Dataset {name!r}: COCO json {json_file!r} is not valid JSON ({e}); the file is "
-            "probably truncated or was only partly downloaded. Download or extract it again."
-        ) from e
+        raise _invalid_json_error(json_file, "COCO json", name, e) from e
     except KeyError as e:
         if e.args == ("category_id",):
             raise DatasetValidationError(
                 f"Dataset {name!r}: {json_file!r} has an annotation without a category_id. "
                 "Give every annotation the id of one of the json's categories."
             ) from e
-        raise DatasetValidationError(
-            f"Dataset {name!r}: {json_file!r} has an annotation whose category_id is not among "
-            f"its categories ({e}). Fix the annotation or add the category to the json."
-        ) from e
+        raise _unknown_category_error(name, json_file, e) from e
     finally:
         if probe in MetadataCatalog.list():
             MetadataCatalog.remove(probe)
+    return dicts, json_ids, json_names
+
+
+def _columnar_cache_folder(name: str, json_file: str) -> Optional[str]:
+    """The columnar cache folder of a box json (dataseg/data/columnar.py), built if missing, or
+    ``None`` for the json path: cache not wanted (registration, json size), or the json holds
+    what the cache does not keep."""
+    meta = MetadataCatalog.get(name)
+    if not use_columnar_cache(json_file, meta.get("dataseg_columnar_cache", None)):
+        return None
+    try:
+        return ensure_columnar_cache(json_file, meta.get("dataseg_columnar_cache_dir", None))
+    except ColumnarUnsupported as e:
+        logger.warning(f"Dataset {name!r}: {json_file} cannot be cached in columns ({e}); "
+                       "loading the json itself.")
+        return None
+    except RepeatedImageIds as e:
+        check_unique_image_ids(e.images, json_file, name)  # raises the json path's error
+        raise
+    except json.JSONDecodeError as e:
+        raise _invalid_json_error(json_file, "COCO json", name, e) from e
+    except KeyError as e:
+        raise _unknown_category_error(name, json_file, e) from e
+    except ValueError as e:  # repeated annotation ids, "ignore", empty bbox, no category_id
+        raise DatasetValidationError(
+            f"Dataset {name!r}: {json_file!r} is not a valid COCO json: {e} Fix the json."
+        ) from e
+
+
+def _check_loaded_coco(name: str, json_file: str, task: str, json_ids: Sequence[int],
+                       json_names: Sequence[str], file_names: Sequence[str],
+                       hint: str) -> List[int]:
+    """What loading a COCO json does once the json is read, by either reader (the json path,
+    the columnar cache): the category metadata deferred by a registration that ran before the
+    json existed, the registered category ids checked against the json's, a check that there
+    are images and that every image file exists.
+
+    Args:
+        json_ids, json_names: the json's categories, sorted by id.
+        file_names: the image path of every record.
+    Returns:
+        per json category (sorted by id), its registered contiguous id.
+    """
+    meta = MetadataCatalog.get(name)
     if not meta.get("dataseg_classes", None):
         _set_metadata(name, **_coco_category_metadata(json_names, json_ids),
                       **dataseg_metadata(task, json_names, None, None, "coco", {}))
     id_map = _registered_id_map(name, json_file)
     _check_category_ids(name, json_file, list(id_map), json_ids, json_names)
+    if not file_names:
+        raise DatasetValidationError(f"Dataset {name!r}: {json_file!r} has no images.")
+    require_files(file_names, "image", name, hint)
     # json order -> json id -> registered order (the same when the registration read the json).
-    to_registered = [id_map[c] for c in json_ids]
+    return [id_map[c] for c in json_ids]
+
+
+def _load_coco(name, json_file, image_root, task, keep_masks):
+    meta = MetadataCatalog.get(name)
+    hint = _hint(meta.as_dict())
+    require_path(json_file, "COCO json", name, hint, is_dir=False)
+    require_path(image_root, "image", name, hint)
+    # Large box jsons: a memory-mapped columnar cache instead of one dict per box in every
+    # process (docs/scale.md).
+    folder = None
+    if task == "box" and not keep_masks:
+        folder = _columnar_cache_folder(name, json_file)
+    if folder is not None:
+        columns = ColumnarDatasetDicts(folder, image_root)
+        to_registered = _check_loaded_coco(
+            name, json_file, task, columns.meta["category_ids"], columns.meta["category_names"],
+            columns.file_names(), hint)
+        return ColumnarDatasetDicts(folder, image_root, to_registered)
+    dicts, json_ids, json_names = _read_coco_json(name, json_file, image_root)
+    to_registered = _check_loaded_coco(name, json_file, task, json_ids, json_names,
+                                       [record["file_name"] for record in dicts], hint)
     for record in dicts:
         for obj in record.get("annotations", []):
             obj["category_id"] = to_registered[obj["category_id"]]
             if not keep_masks:
                 obj.pop("segmentation", None)
-    if not dicts:
-        raise DatasetValidationError(f"Dataset {name!r}: {json_file!r} has no images.")
-    require_files([record["file_name"] for record in dicts], "image", name, hint)
     return dicts
 
 

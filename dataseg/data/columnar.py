@@ -9,18 +9,20 @@ flat numpy arrays; every rank and every data-loader worker then memory-maps the 
 
 The dicts are those of the json path, key for key and value for value (``file_name``,
 ``height``, ``width``, ``image_id``, ``annotations`` with ``iscrowd``, ``bbox``,
-``category_id`` contiguous in the registered order, ``bbox_mode``); the mappers see no
-difference. Only box supervision is cached (no ``segmentation`` nor ``keypoints``): it is
-used for box datasets registered without held-out masks (``register_box_dataset``).
+``category_id`` contiguous in the json's order of ids, or the order given as
+``to_registered``, ``bbox_mode``); the mappers see no difference. Only box supervision is
+cached (no ``segmentation`` nor ``keypoints``): it is used for box datasets registered without
+held-out masks (``register_box_dataset``, whose loader in ``dataseg.data.catalog`` decides when
+to use the cache and checks the result against the registration as it does the json path's).
 
-Building streams through the json (``json.JSONDecoder.raw_decode`` one image / annotation at
-a time) so the builder itself needs memory for the arrays only, never for the parsed json.
+Building streams through the json (``dataseg.data.json_stream.JsonStream``, one image /
+annotation at a time) so the builder itself needs memory for the arrays only, never for the
+parsed json.
 
 Layout of a cache folder (``<cache dir>/<json stem>-<key>/``, the key hashing the json's path,
 size and modification time, so an edited json gets a new cache): ``meta.json`` (format,
 source, categories, counts) and one ``.npy`` per column. A folder appears complete or not at
-all (it is written under a temporary name and renamed); a lock file next to it lets the first
-process build while the others wait.
+all, and one process builds it while the others wait (``dataseg.data.file_lock``).
 """
 
 import array
@@ -28,9 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import re
-import shutil
-import socket
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -38,16 +37,19 @@ import numpy as np
 
 from detectron2.structures import BoxMode
 
+from .file_lock import build_folder_once
+from .json_stream import JsonStream
+
 __all__ = [
     "COLUMNAR_MIN_JSON_BYTES",
     "ColumnarDatasetDicts",
     "ColumnarUnsupported",
+    "RepeatedImageIds",
     "build_columnar_cache",
     "columnar_cache_folder",
     "default_columnar_cache_dir",
     "ensure_columnar_cache",
-    "load_columnar_box_dicts",
-    "read_coco_list",
+    "is_columnar",
     "use_columnar_cache",
 ]
 
@@ -60,9 +62,6 @@ _FORMAT = 2
 # otherwise (``columnar_cache=``): Objects365 v2 val (~0.2 GB) and train (several GB) are, COCO-
 # sized box sets stay on the plain path, whose load takes seconds. Not in the paper.
 COLUMNAR_MIN_JSON_BYTES = 128 * 2 ** 20
-# A lock untouched for this long belongs to a builder that died (a live one touches it every
-# few seconds), so a waiting process takes over.
-_STALE_LOCK_S = 300.0
 _HEARTBEAT_EVERY = 100_000  # json elements between lock touches
 _NO_ISCROWD = -1  # iscrowd column value of an annotation without the key
 
@@ -72,6 +71,21 @@ _COLUMNS = ("image_ids", "heights", "widths", "file_name_bytes", "file_name_offs
 
 class ColumnarUnsupported(ValueError):
     """The json holds something the cache does not represent (the plain json path is used)."""
+
+
+class RepeatedImageIds(ValueError):
+    """Several images of the json share an id (pycocotools would keep one of them and hand it
+    the others' annotations).
+
+    ``images`` lists every image whose id is repeated, as ``{"id", "file_name"}`` dicts in the
+    json's order: what ``dataseg.data.catalog.check_unique_image_ids`` takes, so that the
+    loader reports it with the json path's message.
+    """
+
+    def __init__(self, json_file: str, images: List[Dict]):
+        ids = sorted({image["id"] for image in images})
+        super().__init__(f"repeated image ids in {json_file!r}: {ids[:10]}")
+        self.images = images
 
 
 def default_columnar_cache_dir() -> str:
@@ -97,134 +111,6 @@ def use_columnar_cache(json_file: str, flag: Optional[bool]) -> bool:
     if flag is not None:
         return bool(flag)
     return os.path.getsize(json_file) >= COLUMNAR_MIN_JSON_BYTES
-
-
-# ----------------------------------------------------------------------------- streaming json
-_WS = re.compile(r"[ \t\n\r]*")
-
-
-class _JsonStream:
-    """Walk a top-level json object, decoding the elements of its ``images`` and ``annotations``
-    arrays one at a time (other values whole); memory stays at one read chunk."""
-
-    _STREAMED = ("images", "annotations")
-
-    def __init__(self, f, chunk_chars: int = 1 << 22):
-        self.f, self.chunk = f, chunk_chars
-        self.buf, self.pos, self.eof = "", 0, False
-        self.decoder = json.JSONDecoder()
-
-    def _fill(self, at_least: int = 0):
-        data = self.f.read(max(self.chunk, at_least))
-        if not data:
-            self.eof = True
-        self.buf = self.buf[self.pos:] + data
-        self.pos = 0
-
-    def _peek(self) -> str:
-        while True:
-            self.pos = _WS.match(self.buf, self.pos).end()
-            if self.pos < len(self.buf) or self.eof:
-                return self.buf[self.pos:self.pos + 1]
-            self._fill()
-
-    def _expect(self, chars: str) -> str:
-        c = self._peek()
-        if not c or c not in chars:
-            raise json.JSONDecodeError(f"expected one of {chars!r}", self.buf, self.pos)
-        self.pos += 1
-        return c
-
-    def _value(self):
-        self._peek()  # raw_decode does not skip leading whitespace
-        while True:
-            try:
-                value, end = self.decoder.raw_decode(self.buf, self.pos)
-            except json.JSONDecodeError:
-                if self.eof:
-                    raise
-                self._fill(len(self.buf) - self.pos)  # doubling: a large value costs O(n)
-                continue
-            if end == len(self.buf) and not self.eof:
-                self._fill()  # a number may continue in the next chunk: decode it again
-                continue
-            self.pos = end
-            return value
-
-    def __iter__(self):
-        """Yields ``(key, value, is_element)``: elements of the streamed arrays, else values."""
-        self._fill()
-        self._expect("{")
-        if self._peek() == "}":
-            return
-        while True:
-            key = self._value()
-            self._expect(":")
-            if key in self._STREAMED and self._peek() == "[":
-                self.pos += 1
-                if self._peek() == "]":
-                    self.pos += 1
-                else:
-                    while True:
-                        yield key, self._value(), True
-                        if self._expect(",]") == "]":
-                            break
-            else:
-                yield key, self._value(), False
-            if self._expect(",}") == "}":
-                return
-
-
-# What each top-level list's elements must hold to be taken for that list (a key of the same
-# name elsewhere in the file, inside a string or a nested object, is skipped).
-_LIST_KEYS = {"categories": ("id", "name"), "images": ("id", "file_name")}
-
-
-def read_coco_list(json_file: str, key: str, window: int = 1 << 20) -> Optional[List[Dict]]:
-    """The top-level list ``key`` ("categories", "images") of a COCO json, without parsing
-    the rest of it: registration needs only the categories, and ``json.load`` of an
-    Objects365-sized file costs minutes and tens of GB.
-
-    Looks for the ``"<key>"`` key in the file's first and last ``window`` bytes (where writers
-    put it), then in the whole file, and decodes the list that follows. Returns ``None`` when
-    no such list is found (the caller parses the whole json).
-    """
-    import mmap
-
-    needle = f'"{key}"'.encode()
-    with open(json_file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        size = len(m)
-        ranges = [(0, min(size, window)), (max(0, size - window), size), (0, size)]
-        for lo, hi in ranges:
-            pos = m.find(needle, lo, hi)
-            while pos != -1:
-                found = _decode_list(m, pos + len(needle), _LIST_KEYS[key],
-                                     allow_empty=key != "categories")
-                if found is not None:
-                    return found
-                pos = m.find(needle, pos + 1, hi)
-    return None
-
-
-def _decode_list(m, start: int, required: Sequence[str],
-                 allow_empty: bool) -> Optional[List[Dict]]:
-    text_len = 1 << 16
-    decoder = json.JSONDecoder()
-    while True:
-        text = m[start:start + text_len].decode("utf-8", errors="replace")
-        match = re.compile(r"\s*:\s*").match(text)
-        if not match or text[match.end():match.end() + 1] != "[":
-            return None
-        try:
-            value, _ = decoder.raw_decode(text, match.end())
-        except json.JSONDecodeError:
-            if start + text_len >= len(m):
-                return None
-            text_len *= 4
-            continue
-        ok = isinstance(value, list) and (value or allow_empty) and all(
-            isinstance(c, dict) and all(k in c for k in required) for c in value)
-        return value if ok else None
 
 
 # ----------------------------------------------------------------------------- building
@@ -253,11 +139,11 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
         ColumnarUnsupported: keypoints, annotations without a 4-number ``bbox`` or with a
             non-integer ``category_id``, images without integer ``id``/``height``/``width``, or no
             categories.
+        RepeatedImageIds: an image id given to several images (a ValueError).
         json.JSONDecodeError, KeyError, ValueError: an invalid json (callers turn these into
             actionable messages). An annotation without ``category_id`` is a ValueError when the
             json has categories (the json path fails on it too: pycocotools indexes every
-            annotation by ``category_id``), and so is an image id given to several images
-            (pycocotools would keep one of them and hand it the others' annotations).
+            annotation by ``category_id``).
     """
     start = time.perf_counter()
     img_ids, heights, widths = array.array("q"), array.array("q"), array.array("q")
@@ -268,14 +154,14 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     num_elements = num_invalid_segm = num_no_category = 0
     first_no_category = None
     with open(json_file, encoding="utf-8") as f:
-        for key, value, is_element in _JsonStream(f):
+        for key, value, is_element in JsonStream(f):
             num_elements += 1
             if heartbeat is not None and num_elements % _HEARTBEAT_EVERY == 0:
                 heartbeat()
             if not is_element:
                 if key == "categories":
                     categories = value
-                elif key in _JsonStream._STREAMED and value:
+                elif key in JsonStream.STREAMED and value:
                     raise ColumnarUnsupported(f"{key!r} is not a list")
                 continue
             if key == "images":
@@ -349,8 +235,8 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     # Sorted ids and the rows of the json in that order; a repeated id is refused.
     sorted_ids, rows, counts = np.unique(img_ids, return_index=True, return_counts=True)
     if (counts > 1).any():
-        _refuse_repeated_image_ids(img_ids, sorted_ids[counts > 1], names, name_offsets,
-                                   json_file)
+        raise RepeatedImageIds(json_file, _repeated_images(img_ids, sorted_ids[counts > 1],
+                                                           names, name_offsets))
     save("image_ids", sorted_ids)
     save("heights", as_np(heights, np.int64)[rows].astype(np.int32))
     save("widths", as_np(widths, np.int64)[rows].astype(np.int32))
@@ -431,114 +317,18 @@ def build_columnar_cache(json_file: str, folder: str, heartbeat=None) -> Dict:
     return meta
 
 
-def _refuse_repeated_image_ids(img_ids: np.ndarray, repeated: np.ndarray, names: bytearray,
-                               name_offsets, json_file):
-    """ValueError naming the first of the ``repeated`` image ids (sorted) and the file names of
-    the images that share it (the message catalog.check_unique_image_ids gives on the json
-    path)."""
-    first = int(repeated[0])
-    rows = np.flatnonzero(img_ids == first)
-    files = [bytes(names[name_offsets[r]:name_offsets[r + 1]]).decode("utf-8") for r in rows]
-    others = f" ({len(repeated)} ids are repeated: {repeated[:10].tolist()})" \
-        if len(repeated) > 1 else ""
-    raise ValueError(
-        f"'{json_file}' gives image id {first} to {len(files)} images {files[:10]}{others}. "
-        "Every image needs its own id: give each a distinct id and update the image_id of its "
-        "annotations.")
+def _repeated_images(img_ids: np.ndarray, repeated: np.ndarray, names: bytearray,
+                     name_offsets) -> List[Dict]:
+    """The images whose id is one of ``repeated``, in the json's order (``id``,
+    ``file_name``)."""
+    rows = np.flatnonzero(np.isin(img_ids, repeated))
+    return [{"id": int(img_ids[r]),
+             "file_name": bytes(names[name_offsets[r]:name_offsets[r + 1]]).decode("utf-8")}
+            for r in rows]
 
 
 def _is_complete(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, "meta.json"))
-
-
-def _create_lock(lock: str, token: str) -> bool:
-    """Create ``lock`` holding ``token`` unless it exists (O_EXCL: one creator wins)."""
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    try:
-        os.write(fd, token.encode())
-    finally:
-        os.close(fd)
-    return True
-
-
-def _read_lock(lock: str) -> Optional[str]:
-    try:
-        with open(lock) as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-def _heartbeat(lock: str, token: str):
-    """The builder's keep-alive: touch ``lock``; re-create it if a waiter removed it as stale
-    (a stalled builder, or clocks that differ across a shared filesystem), so that the others
-    keep waiting instead of the live build failing. A lock another process holds by then is
-    left to it (both build; the atomic rename of the folder keeps one result)."""
-    try:
-        os.utime(lock)
-    except FileNotFoundError:
-        if _create_lock(lock, token):
-            logger.warning(f"The columnar-cache lock {lock} vanished during the build (taken "
-                           "as stale by a waiting process?); re-created it.")
-
-
-def _newest_mtime(path: str) -> float:
-    newest = os.path.getmtime(path)
-    for entry in os.scandir(path):
-        try:
-            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-        except FileNotFoundError:
-            pass
-    return newest
-
-
-def _remove_stale_leftovers(folder: str):
-    """Remove ``<folder>.tmp-*`` build folders of killed builders (as large as the cache).
-    Only those untouched for the stale-lock time: a live builder writes into its folder and
-    touches the lock after every column."""
-    parent, prefix = os.path.dirname(folder), os.path.basename(folder) + ".tmp-"
-    for entry in os.scandir(parent):
-        if not (entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False)):
-            continue
-        try:
-            idle = time.time() - _newest_mtime(entry.path)
-        except FileNotFoundError:
-            continue
-        if idle > _STALE_LOCK_S:
-            logger.warning(f"Removing {entry.path}, left by a columnar-cache builder that died.")
-            shutil.rmtree(entry.path, ignore_errors=True)
-
-
-def _take_over_stale_lock(lock: str, folder: str, token: str) -> bool:
-    """Remove ``lock``, judged stale by the caller, atomically: it is first renamed to a name of
-    this process's own, which only one of several waiters can do, and checked again there (a
-    waiter that judged the same lock stale may already have replaced it with its own fresh
-    lock, which is then put back). Returns whether this process removed a stale lock (it then
-    also removed the stale build folders); the caller then creates the lock as usual."""
-    moved = f"{lock}.stale-{token.split()[-1]}"
-    try:
-        os.rename(lock, moved)
-    except FileNotFoundError:
-        return False  # another waiter took it over first
-    try:
-        idle = time.time() - os.path.getmtime(moved)
-    except FileNotFoundError:
-        return False
-    if idle <= _STALE_LOCK_S:  # a live lock, created since the caller's look: put it back
-        try:
-            os.link(moved, lock)  # unless yet another process has created one meanwhile
-        except OSError:
-            pass  # its holder's heartbeat re-creates it
-        os.remove(moved)
-        return False
-    os.remove(moved)
-    logger.warning(f"Removed stale columnar-cache lock {lock} (untouched for {idle:.0f}s: its "
-                   "builder died).")
-    _remove_stale_leftovers(folder)
-    return True
 
 
 def ensure_columnar_cache(json_file: str, cache_dir: Optional[str] = None,
@@ -549,63 +339,18 @@ def ensure_columnar_cache(json_file: str, cache_dir: Optional[str] = None,
     takes the lock file ``<folder>.lock`` and builds into a temporary folder that is renamed
     into place; the others wait for the folder. A lock left by a killed builder is taken over
     (by one waiter, which also removes the killed builder's temporary folder) once it has not
-    been touched for 5 minutes.
+    been touched for 5 minutes (``dataseg.data.file_lock``).
     """
     folder = columnar_cache_folder(json_file, cache_dir)
-    if _is_complete(folder):
-        return folder
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    lock = folder + ".lock"
-    host, pid = socket.gethostname(), os.getpid()
-    token = f"{host} {pid} {host}-{pid}-{os.urandom(4).hex()}\n"
-    waited_since = time.monotonic()
-    last_log = 0.0
-    while not _is_complete(folder):
-        if not _create_lock(lock, token):
-            waited = time.monotonic() - waited_since
-            try:
-                idle = time.time() - os.path.getmtime(lock)
-            except FileNotFoundError:
-                continue
-            if idle > _STALE_LOCK_S:
-                _take_over_stale_lock(lock, folder, token)
-                continue
-            if waited > wait_timeout_s:
-                raise TimeoutError(
-                    f"Waited {waited:.0f}s for another process to build the columnar cache "
-                    f"{folder} of {json_file}; if no process is building it, delete {lock}.")
-            if waited - last_log >= 60:
-                last_log = waited
-                logger.info(f"Waiting for the columnar cache {folder} (being built by the "
-                            f"holder of {lock}).")
-            time.sleep(0.5)
-            continue
-        try:
-            if _is_complete(folder):
-                break
-            tmp = f"{folder}.tmp-{host}-{pid}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            logger.info(f"Building the columnar cache of {json_file} in {folder} (once).")
-            try:
-                meta = build_columnar_cache(json_file, tmp,
-                                            heartbeat=lambda: _heartbeat(lock, token))
-                try:
-                    os.rename(tmp, folder)
-                except OSError:
-                    if not _is_complete(folder):
-                        raise
-                    shutil.rmtree(tmp, ignore_errors=True)  # another builder won the race
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            logger.info(f"Columnar cache of {json_file}: {meta['num_images']} images, "
-                        f"{meta['num_annotations']} boxes in {meta['build_seconds']:.1f}s.")
-        finally:
-            if _read_lock(lock) == token:  # not a lock another process has taken over since
-                try:
-                    os.remove(lock)
-                except FileNotFoundError:
-                    pass
+
+    def build(tmp: str, keep_alive):
+        logger.info(f"Building the columnar cache of {json_file} in {folder} (once).")
+        meta = build_columnar_cache(json_file, tmp, heartbeat=keep_alive)
+        logger.info(f"Columnar cache of {json_file}: {meta['num_images']} images, "
+                    f"{meta['num_annotations']} boxes in {meta['build_seconds']:.1f}s.")
+
+    build_folder_once(folder, build, _is_complete, f"the columnar cache {folder} of {json_file}",
+                      wait_timeout_s)
     return folder
 
 
@@ -717,57 +462,6 @@ class ColumnarDatasetDicts(Sequence):
         logger.info(f"Removed {len(self) - len(keep)} images with no usable annotations. "
                     f"{len(keep)} images left.")
         return self.subset(keep)
-
-
-# ----------------------------------------------------------------------------- catalog glue
-def load_columnar_box_dicts(name: str, json_file: str, image_root: str):
-    """Dataset dicts of a registered box dataset through the cache, or ``None`` for the json
-    path (cache not wanted by the registration / size, or the json holds what it cannot keep).
-
-    Does what ``catalog._load_coco`` does after reading the json: deferred category metadata,
-    registered-vs-json category check, mapping to the registered contiguous ids, a check that
-    every image file exists.
-    """
-    from detectron2.data import MetadataCatalog
-
-    from . import catalog
-
-    meta = MetadataCatalog.get(name)
-    if not use_columnar_cache(json_file, meta.get("dataseg_columnar_cache", None)):
-        return None
-    try:
-        folder = ensure_columnar_cache(json_file, meta.get("dataseg_columnar_cache_dir", None))
-    except ColumnarUnsupported as e:
-        logger.warning(f"Dataset {name!r}: {json_file} cannot be cached in columns ({e}); "
-                       "loading the json itself.")
-        return None
-    except json.JSONDecodeError as e:
-        raise catalog.DatasetValidationError(
-            f"Dataset {name!r}: COCO json {json_file!r} is not valid JSON ({e}); the file is "
-            "probably truncated or was only partly downloaded. Download or extract it again."
-        ) from e
-    except KeyError as e:
-        raise catalog.DatasetValidationError(
-            f"Dataset {name!r}: {json_file!r} has an annotation whose category_id is not among "
-            f"its categories ({e}). Fix the annotation or add the category to the json."
-        ) from e
-    except ValueError as e:  # repeated annotation ids, "ignore", empty bbox, no category_id
-        raise catalog.DatasetValidationError(
-            f"Dataset {name!r}: {json_file!r} is not a valid COCO json: {e} Fix the json."
-        ) from e
-    dicts = ColumnarDatasetDicts(folder, image_root)
-    json_ids, json_names = dicts.meta["category_ids"], dicts.meta["category_names"]
-    if not meta.get("dataseg_classes", None):
-        catalog._set_metadata(name, **catalog._coco_category_metadata(json_names, json_ids),
-                              **catalog.dataseg_metadata("box", json_names, None, None, "coco",
-                                                         {}))
-    id_map = catalog._registered_id_map(name, json_file)
-    catalog._check_category_ids(name, json_file, list(id_map), json_ids, json_names)
-    dicts = ColumnarDatasetDicts(folder, image_root, [id_map[c] for c in json_ids])
-    if not len(dicts):
-        raise catalog.DatasetValidationError(f"Dataset {name!r}: {json_file!r} has no images.")
-    catalog.require_files(dicts.file_names(), "image", name, catalog._hint(meta.as_dict()))
-    return dicts
 
 
 def is_columnar(dicts) -> bool:
