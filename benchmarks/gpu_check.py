@@ -288,18 +288,17 @@ def _recorded_msda_dtypes(records: set):
 def _bf16_autocast(trainer) -> str:
     """Make the trainer's forward run under bfloat16 autocast; returns the step's class name.
 
-    On CUDA ``SOLVER.AMP.ENABLED`` builds detectron2's ``AMPTrainer``, whose autocast is
-    float16 with a loss scaler; bfloat16's float32-wide exponent needs no scaling, so the
-    scaler is disabled. On CPU the project's trainer already uses bfloat16.
+    On CUDA ``SOLVER.AMP.ENABLED`` makes ``DaTaSegStepTrainer`` follow detectron2's
+    ``AMPTrainer``: float16 autocast with a loss scaler; bfloat16's float32-wide exponent needs
+    no scaling, so the scaler is disabled. On CPU the step trainer already uses bfloat16.
     """
-    from detectron2.engine import AMPTrainer
-
     inner = trainer._trainer
-    if isinstance(inner, AMPTrainer):
-        inner.precision = torch.bfloat16
-        inner.grad_scaler = torch.amp.GradScaler("cuda", enabled=False)
-    elif getattr(inner, "precision", None) != torch.bfloat16:
-        raise RuntimeError(f"{type(inner).__name__} does not train in bfloat16 autocast.")
+    if getattr(inner, "autocast_dtype", None) is None:
+        raise RuntimeError(f"{type(inner).__name__} does not train under autocast "
+                           "(SOLVER.AMP.ENABLED is off).")
+    if inner.autocast_dtype != torch.bfloat16:
+        inner.autocast_dtype = torch.bfloat16
+        inner.grad_scaler = torch.amp.GradScaler(inner.autocast_device, enabled=False)
     return type(inner).__name__
 
 

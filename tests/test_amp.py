@@ -6,8 +6,7 @@ import torch
 
 from detectron2.modeling import build_model
 
-from dataseg.engine import DaTaSegTrainer
-from dataseg.engine.trainer import CPUAutocastTrainer
+from dataseg.engine import DaTaSegStepTrainer, DaTaSegTrainer
 from dataseg.modeling.criterion import CriterionContext, HungarianMatcher
 
 from helpers import PAN, make_criterion, make_inputs, model_cfg, register_model_metadata, \
@@ -211,11 +210,15 @@ def test_amp_training_on_cpu(tmp_path, synthetic_datasets):
     cfg = trainer_cfg(tmp_path, [synthetic_datasets["panoptic_train"]],
                       **{"SOLVER.AMP.ENABLED": True})
     trainer = DaTaSegTrainer(cfg)
-    assert isinstance(trainer._trainer, CPUAutocastTrainer)
-    calls = []
+    step = trainer._trainer
+    assert isinstance(step, DaTaSegStepTrainer) and step.autocast_dtype == BF16
+    assert not step.grad_scaler.is_enabled()  # bfloat16 needs no loss scaling
+    calls, optimizer_steps = [], []
     model = trainer.model
     model.register_forward_hook(
         lambda m, i, out: calls.append((m.training, torch.is_autocast_enabled("cpu"))))
+    trainer.optimizer.register_step_pre_hook(
+        lambda *args: optimizer_steps.append(torch.is_autocast_enabled("cpu")))
     decoder_dtypes = []
     model.transformer_decoder.register_forward_hook(
         lambda m, i, out: decoder_dtypes.append(out[-1]["pred_masks"].dtype))
@@ -224,9 +227,11 @@ def test_amp_training_on_cpu(tmp_path, synthetic_datasets):
     assert trainer.iter == 2  # MAX_ITER
     history = trainer.storage.history("total_loss").values()
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(v)) for v, _ in history)
-    # Our hook runs after the autocast region closed; the decoder inside it ran in bfloat16.
-    assert calls == [(True, False), (True, False)]
+    # The model call is the autocast region (the decoder inside it ran in bfloat16); the
+    # optimizer step is outside it.
+    assert calls == [(True, True), (True, True)]
     assert decoder_dtypes == [BF16, BF16]
+    assert optimizer_steps == [False, False]
     assert not torch.is_autocast_enabled("cpu")
 
     # Inference (evaluation) is not autocast.

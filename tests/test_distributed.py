@@ -138,7 +138,7 @@ def _files(batch):
     return [d["file_name"] for d in batch]
 
 
-def _reference_grads(model, record0, record1, iteration, monkeypatch):
+def _reference_grads(model, record0, record1, iteration):
     """The single-process gradient of the two-rank step on the union batch (module docstring).
 
     Returns ``(reference, local_normaliser, counts)``: the second is what a criterion
@@ -147,14 +147,14 @@ def _reference_grads(model, record0, record1, iteration, monkeypatch):
     """
     from detectron2.utils.events import EventStorage
 
-    from dataseg.engine import training_guards
+    from dataseg.engine.training_guards import seed_step
 
     model.load_state_dict(record0["weights"])
     params = [p for p in model.parameters() if p.requires_grad]
     halves = []
     for rank, record in enumerate((record0, record1)):
-        # The step seed rank `rank` used (the trainer's StepSeeder hook reads the rank).
-        monkeypatch.setattr(training_guards.comm, "get_rank", lambda r=rank: r)
+        # The step seed rank `rank` used (the trainer's run_step seeds right before forward).
+        seed_step(SEED, iteration, rank)
         with EventStorage(iteration):
             losses = model(record["batch"])
         unknown = [k for k in losses if not k.startswith("loss_ce")
@@ -166,7 +166,6 @@ def _reference_grads(model, record0, record1, iteration, monkeypatch):
         g_gt = torch.autograd.grad(gt, params, allow_unused=True)
         count = sum(len(d["instances"]) for d in record["batch"])
         halves.append((g_ce, g_gt, count))
-    monkeypatch.undo()
     mean_count = max(1.0, (halves[0][2] + halves[1][2]) / 2)
 
     def combine(rescale):
@@ -192,12 +191,11 @@ def _relative_error(grads, reference):
 
 
 def test_two_ranks_share_datasets_split_images_match_one_process_and_resume(
-        tmp_path, synthetic_root, synthetic_datasets, monkeypatch):
+        tmp_path, synthetic_root, synthetic_datasets):
     from detectron2.data import DatasetCatalog
 
     from dataseg.data import build_train_schedule
     from dataseg.engine import DaTaSegTrainer, get_dataseg_cfg
-    from dataseg.engine.training_guards import StepSeeder
 
     train = [synthetic_datasets[k] for k in ("panoptic_train", "semantic_train", "box_train")]
     full_dir = str(tmp_path / "full")
@@ -225,7 +223,6 @@ def test_two_ranks_share_datasets_split_images_match_one_process_and_resume(
 
     # ---- gradients: both ranks agree, and equal the one-process union-batch gradient --------
     model = DaTaSegTrainer.build_model(cfg)
-    model.register_forward_pre_hook(StepSeeder(SEED))
     model.train()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the ranks' thread count: same float summation order
@@ -238,7 +235,7 @@ def test_two_ranks_share_datasets_split_images_match_one_process_and_resume(
             assert r0["grads"].keys() == r1["grads"].keys()
             for k in r0["grads"]:
                 assert torch.equal(r0["grads"][k], r1["grads"][k]), (t, k)
-            reference, local, counts = _reference_grads(model, r0, r1, t, monkeypatch)
+            reference, local, counts = _reference_grads(model, r0, r1, t)
             assert r0["grads"].keys() == {n for n, g in reference.items()
                                           if isinstance(g, torch.Tensor)}
             error = _relative_error(r0["grads"], reference)

@@ -144,22 +144,26 @@ def test_sections_past_the_time_budget_are_skipped_with_the_reason(gpu_check, mo
     assert report["complete"] is False and report["skipped_by_budget"] == list(gpu_check.SECTIONS)
 
 
-def test_bfloat16_on_detectron2_amp_trainer(gpu_check):
-    """On CUDA SOLVER.AMP builds detectron2's AMPTrainer (float16 + loss scaler): the check
-    switches it to bfloat16 without scaling."""
-    from detectron2.engine import AMPTrainer
+def test_bfloat16_on_the_cuda_amp_step(gpu_check):
+    """On CUDA SOLVER.AMP gives the step trainer detectron2's AMPTrainer recipe (float16 +
+    loss scaler): the check switches it to bfloat16 without scaling."""
+    from dataseg.engine import DaTaSegStepTrainer
 
     model = torch.nn.Linear(2, 2)
+    inner = DaTaSegStepTrainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1), seed=0,
+                               mixed_precision=True)
     with warnings.catch_warnings():  # without CUDA, GradScaler warns that it is disabled
         warnings.simplefilter("ignore")
-        inner = AMPTrainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1))
-    assert inner.precision == torch.float16
+        inner.autocast_dtype = torch.float16  # as on a CUDA model
+        inner.autocast_device = "cuda"
 
     class Trainer:
         _trainer = inner
 
-    assert gpu_check._bf16_autocast(Trainer) == "AMPTrainer"
-    assert inner.precision == torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert gpu_check._bf16_autocast(Trainer) == "DaTaSegStepTrainer"
+    assert inner.autocast_dtype == torch.bfloat16
     assert not inner.grad_scaler.is_enabled()
     loss = torch.tensor(3.0)
     assert inner.grad_scaler.scale(loss) is loss  # no scaling

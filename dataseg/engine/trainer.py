@@ -15,16 +15,15 @@ Reliability policy (what a multi-day job on a shared cluster can count on):
   is re-seeded from (seed, iteration, rank) before every step.
 """
 
-import contextlib
 import logging
-import re
+import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.engine import DefaultTrainer, HookBase
-from detectron2.engine import SimpleTrainer
-from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import DefaultTrainer, TrainerBase
+from detectron2.engine.defaults import create_ddp_model as _d2_create_ddp_model
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..data import build_dataseg_test_loader, build_dataseg_train_loader
 from ..data.builtin import adopt_detectron2_registration
@@ -33,10 +32,11 @@ from .checkpoint import DaTaSegCheckpointer
 from .optimizer import build_dataseg_optimizer
 from .preflight import check_test_datasets, check_train_config, prepare_train_vocabularies
 from .results_table import format_results_table
-from .training_guards import NonFiniteLossCheck, SkippedImagesMonitor, StepSeeder
+from .step_trainer import DaTaSegStepTrainer
+from .training_guards import SkippedImagesMonitor
 from .visualization_hook import PredictionVisualizationHook
 
-__all__ = ["CPUAutocastTrainer", "DaTaSegTrainer", "PerDatasetLosses", "create_ddp_model"]
+__all__ = ["DaTaSegTrainer", "create_ddp_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,53 +50,7 @@ def create_ddp_model(model, **kwargs):
     if "device_ids" not in kwargs and comm.get_world_size() > 1:
         if next(model.parameters()).device.type == "cpu":
             kwargs["device_ids"] = None
-    return _D2_CREATE_DDP_MODEL(model, **kwargs)
-
-
-_D2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
-
-
-@contextlib.contextmanager
-def _cpu_aware_ddp():
-    # DefaultTrainer.__init__ calls the module-level create_ddp_model; routing that one call
-    # through the CPU-aware version avoids copying the whole constructor.
-    d2_defaults.create_ddp_model = create_ddp_model
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
-
-
-class CPUAutocastTrainer(SimpleTrainer):
-    """``SimpleTrainer`` whose training forward (model and losses) runs under CPU autocast.
-
-    detectron2's ``AMPTrainer`` (``SOLVER.AMP.ENABLED``) requires CUDA. On CPU autocast
-    computes in bfloat16, whose float32-wide exponent needs no loss scaling, so the step is
-    ``SimpleTrainer``'s with only the model call under ``torch.autocast("cpu")`` (backward and
-    the optimizer step outside it, as autocast prescribes). The criterion computes in
-    float32 whatever the model's precision (``MergeCriterion``).
-
-    Args:
-        model, data_loader, optimizer, kwargs: as ``SimpleTrainer``.
-        precision: the autocast dtype.
-    """
-
-    def __init__(self, model, data_loader, optimizer, precision=torch.bfloat16, **kwargs):
-        super().__init__(model, data_loader, optimizer, **kwargs)
-        self.precision = precision
-        self._autocast = []
-        # A pre-hook enters autocast, a hook that runs even when forward raises leaves it:
-        # the model call (and nothing else of the step) is the autocast region.
-        model.register_forward_pre_hook(self._enter_autocast)
-        model.register_forward_hook(self._exit_autocast, always_call=True)
-
-    def _enter_autocast(self, module, args):
-        region = torch.autocast("cpu", dtype=self.precision, enabled=module.training)
-        region.__enter__()
-        self._autocast.append(region)
-
-    def _exit_autocast(self, module, args, output):
-        self._autocast.pop().__exit__(None, None, None)
+    return _d2_create_ddp_model(model, **kwargs)
 
 
 def _with_seed(cfg, seed: int):
@@ -112,61 +66,14 @@ def _unwrap(model):
         else model
 
 
-class PerDatasetLosses(HookBase):
-    """Writes every loss of an iteration a second time under the dataset it was drawn from:
-    ``<dataset>/loss_ce``, ``<dataset>/total_loss``, ... next to detectron2's ``loss_ce``.
-
-    One dataset per iteration makes the mixed curves a blend of tasks (a box-only dataset's
-    classification loss is not a panoptic one's); the per-dataset curves show which dataset
-    diverges. The values are the ones detectron2's trainer wrote for the iteration (averaged
-    over ranks; every rank draws the same dataset), with the same smoothing, so they reach
-    metrics.json and tensorboard through the usual writers. Only the final decoder layer's
-    terms are repeated: the deep-supervision copies (``loss_ce_0``...) would triple the log
-    line. Iterations whose metrics are not written (``gather_metric_period``) are skipped.
-    """
-
-    _AUX_LOSS = re.compile(r"_\d+$")
-
-    def __init__(self):
-        self._batch = None
-        self._handle = None
-
-    def before_train(self):
-        self._handle = _unwrap(self.trainer.model).register_forward_hook(self._record)
-
-    def after_train(self):
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    def _record(self, module, args, output):
-        # The model's forward knows both the batch's dataset and the loss names.
-        if module.training and isinstance(output, dict) and args and args[0]:
-            self._batch = (args[0][0].get("dataset_name"), tuple(output))
-
-    def after_step(self):
-        batch, self._batch = self._batch, None
-        if batch is None or batch[0] is None:
-            return
-        dataset, keys = batch
-        storage, iteration = self.trainer.storage, self.trainer.iter
-        latest = storage.latest()
-        values = {}
-        for key in keys + ("total_loss",):
-            written = latest.get(key)
-            if written is not None and written[1] == iteration and not self._AUX_LOSS.search(key):
-                values[f"{dataset}/{key}"] = written[0]
-        if values:
-            storage.put_scalars(cur_iter=iteration, **values)
-
-
 class DaTaSegTrainer(DefaultTrainer):
     """``DefaultTrainer`` that builds DaTaSeg's multi-dataset loader, evaluators and optimizer.
 
     Everything else (hooks, ETA/JSON/tensorboard writers, evaluation schedule) is
-    detectron2's; checkpoints go through :class:`DaTaSegCheckpointer` (atomic) and every loss
-    is also logged per dataset (:class:`PerDatasetLosses`). See the module docstring for the
-    reliability policy.
+    detectron2's. The training iteration is :class:`DaTaSegStepTrainer`'s ``run_step`` (step
+    seeding, mixed precision, non-finite check and per-dataset loss curves, in order);
+    checkpoints go through :class:`DaTaSegCheckpointer` (atomic). See the module docstring
+    for the reliability policy.
     """
 
     def __init__(self, cfg):
@@ -178,24 +85,41 @@ class DaTaSegTrainer(DefaultTrainer):
             seed = comm.shared_random_seed()
             logger.info(f"SEED is {cfg.SEED}: using seed {seed} for this run.")
             cfg = _with_seed(cfg, seed)
-        with _cpu_aware_ddp():
-            super().__init__(cfg)
+
+        # DefaultTrainer.__init__, written out with DaTaSeg's parts: its DDP wrapper rejects
+        # CPU models, its step trainer is SimpleTrainer / AMPTrainer and its checkpointer is
+        # not atomic. The construction order is detectron2's (the model draws its initial
+        # weights from torch's RNG first).
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()  # setup_logger was not called for detectron2
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = DaTaSegStepTrainer(model, data_loader, optimizer, seed=cfg.SEED,
+                                           mixed_precision=cfg.SOLVER.AMP.ENABLED)
+        if self._trainer.autocast_dtype == torch.bfloat16:
+            logger.info("SOLVER.AMP.ENABLED on CPU: the forward runs under bfloat16 autocast "
+                        "(no loss scaling needed).")
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DaTaSegCheckpointer(
+            # Checkpoints are saved with the logs and metrics.
+            model, cfg.OUTPUT_DIR,
+            min_backbone_fraction=cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
+            trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
         if comm.is_main_process():
             # A job killed while saving leaves a temporary file of its checkpoint: the next
             # run in the folder removes it (only now: no save of this run is in flight).
             self.checkpointer.remove_stale_temporary_files()
-        if cfg.SOLVER.AMP.ENABLED and next(self.model.parameters()).device.type == "cpu":
-            # DefaultTrainer built detectron2's CUDA-only AMPTrainer; same parts, CPU autocast.
-            t = self._trainer
-            self._trainer = CPUAutocastTrainer(t.model, t.data_loader, t.optimizer)
-            logger.info("SOLVER.AMP.ENABLED on CPU: the forward runs under bfloat16 autocast "
-                        "(no loss scaling needed: detectron2's GradScaler warning about CUDA can be "
-                        "ignored).")
         # Before the first step: loads the text encoder, so absent weights fail now.
-        prepare_train_vocabularies(_unwrap(self.model), cfg.DATASETS.TRAIN, cfg.DATASETS.TEST)
-        self._step_seeder = StepSeeder(self.cfg.SEED)
-        _unwrap(self.model).register_forward_pre_hook(self._step_seeder)
-        _unwrap(self.model).register_forward_hook(NonFiniteLossCheck())
+        prepare_train_vocabularies(_unwrap(model), cfg.DATASETS.TRAIN, cfg.DATASETS.TEST)
         self._monitor_train_loader(self._trainer.data_loader)
 
     def _monitor_train_loader(self, loader):
@@ -238,22 +162,14 @@ class DaTaSegTrainer(DefaultTrainer):
         if seed_changed:
             logger.info(f"Resuming with the checkpoint's seed {seed} (config: {self.cfg.SEED}).")
             self.cfg = _with_seed(self.cfg, seed)
-            self._step_seeder.seed = int(seed)
+            self._trainer.seed = int(seed)
         if self.start_iter > 0 or seed_changed:
             # The loader was built before the checkpoint told us where training stopped; the
             # multi-dataset stream is a function of (seed, iteration), so rebuild it from there.
             self._monitor_train_loader(self.build_train_loader(self.cfg, self.start_iter))
 
     def build_hooks(self):
-        # DefaultTrainer.__init__ builds a plain DetectionCheckpointer just before calling this;
-        # swap it here so the PeriodicCheckpointer hook holds the atomic one.
-        self.checkpointer = DaTaSegCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR,
-            min_backbone_fraction=self.cfg.MODEL.DATASEG.MIN_LOADED_BACKBONE_FRACTION,
-            **self.checkpointer.checkpointables)
         hooks = super().build_hooks()
-        # Before the last hook (the metrics writer): the writer then sees this step's values.
-        hooks.insert(len(hooks) - 1, PerDatasetLosses())
         # Before the last hook (the metrics writer) so its log lines are flushed with the rest.
         hooks.insert(len(hooks) - 1, PredictionVisualizationHook(
             self.cfg, self.build_test_loader, self.cfg.TEST.DATASEG.NUM_VISUALIZATIONS))

@@ -1,38 +1,24 @@
 """Guards a long training run relies on: per-step seeding, skipped-image accounting and a
-non-finite-loss check that names the dataset. The trainer installs them."""
+non-finite-loss check that names the dataset. :class:`~.step_trainer.DaTaSegStepTrainer`
+calls the first and the last in its step; the trainer wraps its loader in the second."""
 
 import math
 
 import numpy as np
 import torch
-from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-__all__ = ["StepSeeder", "SkippedImagesMonitor", "NonFiniteLossCheck"]
+__all__ = ["seed_step", "SkippedImagesMonitor", "check_finite_losses"]
 
 
-class StepSeeder:
-    """Forward pre-hook of the model: in training, re-seed torch from (seed, iteration, rank)
-    right before the forward pass.
+def seed_step(seed: int, iteration: int, rank: int) -> None:
+    """Re-seed torch from (seed, iteration, rank), right before a training forward pass.
 
     The randomness a step consumes (point sampling, dropout) then depends on nothing but the
-    iteration, so a resumed run repeats the uninterrupted one. Seeding at the forward, not at
-    the start of the step, matters: creating the data loader's iterator (first step of every
-    process) draws from torch's RNG too.
+    iteration, so a resumed run repeats the uninterrupted one; each rank draws its own.
     """
-
-    def __init__(self, seed: int):
-        self.seed = int(seed)
-
-    def __call__(self, module, args):
-        if not module.training:
-            return
-        try:
-            iteration = get_event_storage().iter
-        except AssertionError:  # a training-mode forward outside the training loop
-            return
-        key = [self.seed, iteration, comm.get_rank()]
-        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+    key = [int(seed), int(iteration), int(rank)]
+    torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
 
 
 class SkippedImagesMonitor:
@@ -60,28 +46,19 @@ class SkippedImagesMonitor:
             yield batch
 
 
-class NonFiniteLossCheck:
-    """Forward hook of the model: raise ``FloatingPointError`` when a training loss is NaN or
-    infinite, naming the dataset of the batch, the iteration and the offending loss terms
+def check_finite_losses(loss_dict, dataset, iteration) -> None:
+    """Raise ``FloatingPointError`` when a training loss is NaN or infinite, naming the
+    dataset of the batch (``None``: unknown), the iteration and the offending loss terms
     (detectron2's own check names none of the first two and runs after ``backward``)."""
-
-    def __call__(self, module, args, output):
-        if not module.training or not isinstance(output, dict):
-            return
-        values = [v.detach().float().reshape(()) for v in output.values()]
-        if not values or bool(torch.isfinite(torch.stack(values)).all()):
-            return
-        bad = {k: float(v) for k, v in zip(output, values) if not math.isfinite(float(v))}
-        inputs = args[0] if args else []
-        dataset = inputs[0].get("dataset_name", "?") if inputs else "?"
-        try:
-            iteration = get_event_storage().iter
-        except AssertionError:  # called outside a trainer
-            iteration = "?"
-        raise FloatingPointError(
-            f"Non-finite loss at iteration {iteration} on dataset {dataset!r}: "
-            + ", ".join(f"{k}={v}" for k, v in bad.items())
-            + ". Resume from the last checkpoint with a lower SOLVER.BASE_LR or "
-            "SOLVER.CLIP_GRADIENTS.ENABLED True, and check this dataset's annotations "
-            "(degenerate boxes or masks)."
-        )
+    values = [v.detach().float().reshape(()) for v in loss_dict.values()]
+    if not values or bool(torch.isfinite(torch.stack(values)).all()):
+        return
+    bad = {k: float(v) for k, v in zip(loss_dict, values) if not math.isfinite(float(v))}
+    dataset = "?" if dataset is None else dataset
+    raise FloatingPointError(
+        f"Non-finite loss at iteration {iteration} on dataset {dataset!r}: "
+        + ", ".join(f"{k}={v}" for k, v in bad.items())
+        + ". Resume from the last checkpoint with a lower SOLVER.BASE_LR or "
+        "SOLVER.CLIP_GRADIENTS.ENABLED True, and check this dataset's annotations "
+        "(degenerate boxes or masks)."
+    )
