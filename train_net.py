@@ -15,12 +15,13 @@ import dataseg  # noqa: F401  (registers DaTaSeg with detectron2)
 from dataseg.engine import DaTaSegCheckpointer
 from dataseg.engine import DaTaSegTrainer as Trainer
 from dataseg.engine import setup
-from dataseg.utils.malloc import tune_malloc
+from dataseg.modeling.fast_paths.malloc import tune_malloc
 
 
 def main(args):
-    tune_malloc()  # CPU: reuse large freed blocks instead of page-faulting (opt-out: env)
     cfg = setup(args)
+    # CPU fast paths: reuse large freed blocks instead of page-faulting them in again.
+    tune_malloc(cfg.MODEL.DATASEG.FAST_PATHS, cfg.MODEL.DEVICE)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DaTaSegCheckpointer(

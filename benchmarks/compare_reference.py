@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run_benchmarks as rb  # noqa: E402
+from dataseg.modeling.fast_paths.malloc import tune_malloc  # noqa: E402
 from _common import (  # noqa: E402
     BENCH_DATASET,
     DEFAULT_CONFIG,
@@ -69,16 +70,8 @@ _REPLY = "@@reply "
 
 
 def arm_setup(arm: str, threads: int):
-    """Process-wide settings of an arm: threads, allocator, decoder attention."""
+    """Process-wide settings of an arm (the allocator follows its config, ``build_arm``)."""
     torch.set_num_threads(threads)
-    if arm == "dataseg":
-        from dataseg.utils.malloc import tune_malloc
-
-        tune_malloc()
-    else:
-        import reference_arm
-
-        reference_arm.reference_patches().__enter__()  # for the life of this process
 
 
 def build_arm(arm: str, args, tmp: str):
@@ -88,10 +81,12 @@ def build_arm(arm: str, args, tmp: str):
         import reference_arm
 
         cfg = bench_cfg(args.config, tmp, reference_arm.REFERENCE_OPTS + opts)
+        tune_malloc(cfg.MODEL.DATASEG.FAST_PATHS, cfg.MODEL.DEVICE)  # no-op: fast paths off
         model = reference_arm.apply_reference(build_bench_model(cfg), cfg, args.num_classes,
                                               args.reference_repo)
     else:
         cfg = bench_cfg(args.config, tmp, opts)
+        tune_malloc(cfg.MODEL.DATASEG.FAST_PATHS, cfg.MODEL.DEVICE)
         model = build_bench_model(cfg)
     model._ensure_vocabulary(BENCH_DATASET, model.dataset_info(BENCH_DATASET)["classes"])
     return cfg, model
@@ -192,20 +187,13 @@ def _worker_cmd(args, flag, arm):
     return cmd
 
 
-def _env(arm):
-    env = dict(os.environ)
-    if arm == "reference":
-        env["DATASEG_NO_MALLOC_TUNING"] = "1"
-    return env
-
-
 class Worker:
     """One arm's worker process and its command channel."""
 
     def __init__(self, arm, args):
         self.arm = arm
         self.proc = subprocess.Popen(_worker_cmd(args, "--worker", arm), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=_env(arm))
+                                     stdout=subprocess.PIPE, text=True)
         self._read()
 
     def _read(self):
@@ -252,7 +240,7 @@ def measure_rss(args):
     for i in range(args.rss_repeats):
         for arm in (ARMS if i % 2 == 0 else ARMS[::-1]):
             proc = subprocess.run(_worker_cmd(args, "--rss-worker", arm), capture_output=True,
-                                  text=True, env=_env(arm), check=False)
+                                  text=True, check=False)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_REPLY)]
             if proc.returncode != 0 or not lines:
                 raise RuntimeError(f"RSS worker '{arm}' failed:\n{proc.stderr[-4000:]}")

@@ -47,7 +47,7 @@ from _common import (  # noqa: E402
 )
 
 from dataseg.engine import DaTaSegCheckpointer, DaTaSegPredictor  # noqa: E402
-from dataseg.utils.malloc import tune_malloc  # noqa: E402
+from dataseg.modeling.fast_paths.malloc import tune_malloc  # noqa: E402
 from dataseg.tools.export import (  # noqa: E402
     DEFAULT_OPSET,
     EXPORTER,

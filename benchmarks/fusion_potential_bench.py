@@ -7,13 +7,13 @@ At the R50 criterion's shapes (one decoder layer: 200 matched units x 12,544 poi
 losses, 100 units x 12,544 points x 100 ground-truth masks per image for the matching cost),
 times the project's own functions eagerly and compiled by inductor:
 
-* focal + dice of point logits (``sigmoid_focal_dice_loss``), forward + backward;
+* focal + dice of point logits (the fused fast path of ``sigmoid_focal_dice_loss``), forward
+  + backward;
 * the matching cost (``sigmoid_with_logs`` + ``focal_cost`` + ``dice_cost``), no grad.
 
-It measures headroom: of the two, only the loss is a code path of the model, opt-in through
-``MODEL.DATASEG.CRITERION.COMPILE_POINT_LOSSES`` (compiling needs a C++ compiler at run
-time and seconds per graph, so the default stays eager). The script fails with a clear
-message where ``torch.compile`` cannot build a CPU kernel.
+It measures headroom only: the model runs neither compiled (compiling needs a C++ compiler at
+run time and seconds per graph). The script fails with a clear message where
+``torch.compile`` cannot build a CPU kernel.
 """
 
 import argparse
@@ -30,11 +30,11 @@ from _common import median_time  # noqa: E402
 from dataseg.modeling.criterion.losses import sigmoid_focal_dice_loss  # noqa: E402
 from dataseg.modeling.criterion.matcher import dice_cost, focal_cost  # noqa: E402
 from dataseg.modeling.criterion.merge import PointProbs, sigmoid_with_logs  # noqa: E402
-from dataseg.utils.malloc import tune_malloc  # noqa: E402
+from dataseg.modeling.fast_paths.malloc import tune_malloc  # noqa: E402
 
 
 def loss_step(x, targets):
-    focal, dice = sigmoid_focal_dice_loss(x, targets)
+    focal, dice = sigmoid_focal_dice_loss(x, targets, fast=True)
     (focal.sum() + dice.sum()).backward()
 
 

@@ -374,7 +374,7 @@ def section_training(check: Check) -> dict:
         "schedule": {"base_lr": cfg.SOLVER.BASE_LR, "warmup_iters": cfg.SOLVER.WARMUP_ITERS,
                      "max_iter": cfg.SOLVER.MAX_ITER},
         "trainer_step": step_class,
-        "autocast_dtype": str(trainer._trainer.precision),
+        "autocast_dtype": str(trainer._trainer.autocast_dtype),
         "backbone_output_dtypes": sorted(backbone_dtypes),
         "msda_dtypes_value_locations_weights_output": sorted(list(t) for t in msda),
         "losses": losses,

@@ -5,23 +5,21 @@ Mask2Former's pure-PyTorch CPU path does: every CPU fast path of DaTaSeg is swit
 plain computation it is pinned to by the tests, and the criterion is a Mask2Former-style
 set criterion without MERGE:
 
-* backbone and pixel decoder: standard 1x1 convolutions (``CPU_POINTWISE_GEMM False``);
-* deformable attention: one ``F.grid_sample`` per level (``MSDA_IMPL grid_sample``),
-  encoder FFN activations kept for backward (``RECOMPUTE_FFN False``);
-* query decoder: ``nn.MultiheadAttention`` with its per-head boolean mask
-  (:func:`plain_multihead_attention`, instead of one additive mask for all heads);
+* ``MODEL.DATASEG.FAST_PATHS "off"``: standard 1x1 convolutions in the backbone and pixel
+  decoder, one ``F.grid_sample`` per level for deformable attention, encoder FFN activations
+  kept for backward, ``nn.MultiheadAttention`` with its per-head boolean mask in the query
+  decoder (dataseg/modeling/fast_paths lists them);
 * criterion: :class:`ReferenceCriterion` (per-image Hungarian matching on points read by
   detectron2's ``point_sample`` from float copies of the masks, losses on points from
   ``get_uncertain_point_coords_with_randomness``, fvcore's ``sigmoid_focal_loss`` and the
   plain dice formula), or Mask2Former's own ``SetCriterion`` from a checkout
   (:func:`checkout_criterion`);
-* glibc's allocator defaults (no ``tune_malloc``).
+* glibc's allocator defaults (``tune_malloc`` applies to the fast paths only).
 
 Post-processing and the text classifier are the project's in both arms (they are ~5 % of
 inference at 512x512).
 """
 
-import contextlib
 import importlib
 import os
 import sys
@@ -43,44 +41,11 @@ __all__ = [
     "REFERENCE_OPTS",
     "ReferenceCriterion",
     "checkout_criterion",
-    "plain_multihead_attention",
-    "reference_patches",
     "apply_reference",
 ]
 
-# Config switches of the plain computations (every one pinned to its fast path by a test).
-REFERENCE_OPTS = [
-    "MODEL.DATASEG.CPU_POINTWISE_GEMM", "False",
-    "MODEL.DATASEG.PIXEL_DECODER.MSDA_IMPL", "grid_sample",
-    "MODEL.DATASEG.PIXEL_DECODER.RECOMPUTE_FFN", "False",
-    "MODEL.DATASEG.CRITERION.POINT_SAMPLER", "detectron2",
-    "MODEL.DATASEG.CRITERION.GT_SAMPLE_MODE", "bilinear",
-    "MODEL.DATASEG.CRITERION.COMPILE_POINT_LOSSES", "False",
-]
-
-_decoder = importlib.import_module("dataseg.modeling.transformer_decoder.masked_attention_decoder")
-
-
-def plain_multihead_attention(attn: nn.MultiheadAttention, query, key, value, hidden=None,
-                              head_broadcast=None):
-    """``nn.MultiheadAttention`` called as Mask2Former calls it: a boolean mask per head
-    (``head_broadcast`` is accepted for the signature of the function it replaces)."""
-    mask = None
-    if hidden is not None:
-        mask = hidden.repeat_interleave(attn.num_heads, dim=0)  # (B * heads, Lq, Lk)
-    return attn(query, key, value, attn_mask=mask, need_weights=False)[0]
-
-
-@contextlib.contextmanager
-def reference_patches():
-    """Run the query decoder's attention through :func:`plain_multihead_attention`."""
-    original = _decoder.multihead_attention
-    _decoder.multihead_attention = plain_multihead_attention
-    try:
-        yield
-    finally:
-        _decoder.multihead_attention = original
-
+# The plain computations (every fast path is pinned to its plain computation by a test).
+REFERENCE_OPTS = ["MODEL.DATASEG.FAST_PATHS", "off"]
 
 # ------------------------------------------------------------------------------------------
 # Criterion
@@ -253,8 +218,7 @@ def checkout_criterion(repo: str, cfg, num_classes: int) -> nn.Module:
 def apply_reference(model, cfg, num_classes: int, reference_repo: str = ""):
     """Swap the model's criterion for the reference one (in place); returns the model.
 
-    ``cfg`` must already carry ``REFERENCE_OPTS``; the decoder's attention is switched by
-    :func:`reference_patches`, which the caller keeps open while the model runs.
+    ``cfg`` must already carry ``REFERENCE_OPTS`` (the model's plain computations).
     """
     model.criterion = (checkout_criterion(reference_repo, cfg, num_classes) if reference_repo
                        else ReferenceCriterion(cfg))

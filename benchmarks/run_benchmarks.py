@@ -55,7 +55,7 @@ from _common import (  # noqa: E402
 
 from dataseg.engine.optimizer import build_dataseg_optimizer  # noqa: E402
 from dataseg.modeling.criterion import CriterionContext  # noqa: E402
-from dataseg.utils.malloc import tune_malloc  # noqa: E402
+from dataseg.modeling.fast_paths.malloc import tune_malloc  # noqa: E402
 
 # The module (not the function of the same name re-exported by the package) whose
 # ms_deform_attn the benchmark wraps to time the sampling alone.

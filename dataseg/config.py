@@ -18,18 +18,31 @@ DATASEG_META_ARCHITECTURE = "DaTaSeg"
 __all__ = [
     "add_dataseg_config",
     "check_dataseg_config",
-    "check_sampling_ratios",
-    "default_vocabulary_name",
+    "check_per_dataset_list",
     "merge_dataseg_config_file",
     "DATASEG_META_ARCHITECTURE",
 ]
 
 
-def default_vocabulary_name(cfg) -> str:
-    """Vocabulary for inputs without a ``dataset_name``: ``MODEL.DATASEG.TEST.DEFAULT_VOCABULARY``,
-    else ``DATASETS.TEST[0]``, else "" (none)."""
-    return cfg.MODEL.DATASEG.TEST.DEFAULT_VOCABULARY or (
-        cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "")
+# Keys of earlier versions: a config that sets one fails with what replaces it.
+_RENAMED_KEYS = {
+    "MODEL.DATASEG.CRITERION.MERGE_ENABLED": (
+        "MODEL.DATASEG.CRITERION.MERGE", 'MERGE_ENABLED False is now MERGE "none"'),
+    "MODEL.DATASEG.CRITERION.MERGE_MODE": (
+        "MODEL.DATASEG.CRITERION.MERGE",
+        'the log-sum-exp arithmetic is MERGE "anchored"; MERGE_MODE clamped_sum with '
+        'MERGE_MATCHING unit is MERGE "first_design"; "max" and "soft_union" are removed'),
+    "MODEL.DATASEG.CRITERION.MERGE_MATCHING": (
+        "MODEL.DATASEG.CRITERION.MERGE", 'MERGE_MATCHING unit is MERGE "first_design"'),
+}
+for _key in ("MODEL.DATASEG.CPU_POINTWISE_GEMM", "MODEL.DATASEG.PIXEL_DECODER.MSDA_IMPL",
+             "MODEL.DATASEG.PIXEL_DECODER.RECOMPUTE_FFN", "MODEL.DATASEG.CRITERION.POINT_SAMPLER",
+             "MODEL.DATASEG.CRITERION.GT_SAMPLE_MODE",
+             "MODEL.DATASEG.CRITERION.COMPILE_POINT_LOSSES"):
+    _RENAMED_KEYS[_key] = (
+        "MODEL.DATASEG.FAST_PATHS",
+        'every CPU fast path is now chosen by FAST_PATHS ("auto" on CPU, "off" = the plain '
+        "computations); the torch.compile option is removed")
 
 
 def add_dataseg_config(cfg):
@@ -43,10 +56,12 @@ def add_dataseg_config(cfg):
     D = _C.MODEL.DATASEG
     # Padding of the batched image; masked attention needs strides 4..32 to tile exactly.
     D.SIZE_DIVISIBILITY = 32
-    # Run 1x1 convolutions (backbone and pixel decoder) as batched matrix products when on
-    # CPU: same arithmetic and parameters, ~2x faster than oneDNN's 1x1 convolution at these
-    # shapes (dataseg/modeling/pointwise_conv.py). Other devices keep the convolution.
-    D.CPU_POINTWISE_GEMM = True
+    # The CPU fast paths (dataseg/modeling/fast_paths: 1x1 convolutions as GEMMs, embedding-bag
+    # deformable attention, encoder FFNs recomputed in backward, head-broadcast attention
+    # masks, loss points on ground-truth pixels, fused point losses): "auto" runs them on CPU
+    # tensors and the plain computations (Mask2Former's) on every other device; "off" runs
+    # the plain computations everywhere.
+    D.FAST_PATHS = "auto"
     # Loading MODEL.WEIGHTS fails when it fills less than this share of the backbone trunk's
     # parameters (a state dict of another format or backbone would silently train from random
     # weights); 0 disables the check. See dataseg/engine/checkpoint.py.
@@ -68,15 +83,6 @@ def add_dataseg_config(cfg):
     D.PIXEL_DECODER.DIM_FEEDFORWARD = 1024
     D.PIXEL_DECODER.DROPOUT = 0.0
     D.PIXEL_DECODER.COMMON_STRIDE = 4  # stride of the per-pixel mask features F
-    # Deformable-attention implementation (all pure PyTorch): "auto" picks by tensor device,
-    # the fast embedding-bag path on CPU and the per-level F.grid_sample reference on every
-    # other device (the fast path is only verified on CPU); "embedding_bag" (alias
-    # "pytorch") or "grid_sample" forces that path on every device.
-    D.PIXEL_DECODER.MSDA_IMPL = "auto"
-    # Recompute each encoder layer's FFN in backward instead of keeping its hidden activation
-    # (1024 x tokens: 44 MB per layer at batch 2, 512x512): R50 training peak 4.11 instead of
-    # 4.40 GiB for ~4 % more step time (0.35 s at 512x512 on 2 cores). Numerically identical.
-    D.PIXEL_DECODER.RECOMPUTE_FFN = True
 
     # ---- transformer (query) decoder (not in the paper: Mask2Former masked attention) -----
     D.DECODER = CN()
@@ -149,16 +155,6 @@ def add_dataseg_config(cfg):
     D.CRITERION.TRAIN_NUM_POINTS = 12544
     D.CRITERION.OVERSAMPLE_RATIO = 3.0
     D.CRITERION.IMPORTANCE_SAMPLE_RATIO = 0.75
-    # "grid": the uncertain region picked on the prediction grid, points at ground-truth pixel
-    # centres (fast on CPU); "detectron2": Mask2Former's continuous oversampled points.
-    D.CRITERION.POINT_SAMPLER = "grid"
-    # How masks are read at continuous points (matching, "detectron2" sampler): "nearest"
-    # or "bilinear" (Mask2Former).
-    D.CRITERION.GT_SAMPLE_MODE = "nearest"
-    # Fuse the point focal + dice losses with torch.compile: ~18 % less criterion time on CPU
-    # (R50, 512x512) after ~10 s of compilation per process; needs a C++ compiler (Triton
-    # on GPU). Same arithmetic up to float rounding.
-    D.CRITERION.COMPILE_POINT_LOSSES = False
     # BoxInst pairwise colour-affinity term for box data (off: not drawn in the paper).
     D.CRITERION.PAIRWISE = CN()
     D.CRITERION.PAIRWISE.ENABLED = False
@@ -177,8 +173,6 @@ def add_dataseg_config(cfg):
     # Panoptic inference judges the overlap of each stuff CLASS segment (the union of its
     # queries, as the training MERGE sees it) instead of each query (MaskFormer).
     D.TEST.PANOPTIC_MERGE_STUFF = True
-    # Instance inference takes detectron2's TEST.DETECTIONS_PER_IMAGE best (query, class)
-    # pairs over all classes, then drops stuff pairs (Mask2Former's rule).
     # Dataset whose vocabulary (classes, task, outputs) inference uses for inputs without a
     # "dataset_name" (detectron2's DefaultPredictor sends none); "" = DATASETS.TEST[0], and
     # no default when DATASETS.TEST is empty too (such inputs then fail with a message).
@@ -243,6 +237,9 @@ def add_dataseg_config(cfg):
     # embedding rate ** (DEPTH + 1), on top of BACKBONE_MULTIPLIER. 1.0 = off. ViTDet: 0.7
     # for ViT-B, 0.8 for ViT-L (set in configs/coco_ade_o365/DaTaSeg_ViTDet-*.yaml).
     _C.SOLVER.VIT_LAYER_DECAY_RATE = 1.0
+
+    for old, (new, note) in _RENAMED_KEYS.items():
+        _C.register_renamed_key(old, new, note)
     return cfg
 
 
@@ -267,18 +264,12 @@ def check_dataseg_config(cfg):
             "use the train_net.py of the project that owns that architecture."
         )
     num_train = len(cfg.DATASETS.TRAIN)
-    aligned = {  # SAMPLING_RATIOS: check_sampling_ratios, below
-        "DATALOADER.DATASEG.BATCH_SIZES": cfg.DATALOADER.DATASEG.BATCH_SIZES,
-        "MODEL.DATASEG.CRITERION.DATASET_LOSS_WEIGHTS":
-            cfg.MODEL.DATASEG.CRITERION.DATASET_LOSS_WEIGHTS,
-    }
-    for key, values in aligned.items():
-        if len(values) not in (0, num_train):
-            raise ValueError(
-                f"{key} has {len(values)} entries but DATASETS.TRAIN has {num_train} "
-                f"({list(cfg.DATASETS.TRAIN)}); give one value per training dataset, in the "
-                "same order, or leave it empty."
-            )
+    # DATALOADER.DATASEG.SAMPLING_RATIOS: dataseg.data.sampler.check_sampling_ratios, run by
+    # the trainer's pre-flight with the dataset sizes.
+    check_per_dataset_list("DATALOADER.DATASEG.BATCH_SIZES", cfg.DATALOADER.DATASEG.BATCH_SIZES,
+                           cfg.DATASETS.TRAIN)
+    check_per_dataset_list("MODEL.DATASEG.CRITERION.DATASET_LOSS_WEIGHTS",
+                           cfg.MODEL.DATASEG.CRITERION.DATASET_LOSS_WEIGHTS, cfg.DATASETS.TRAIN)
     for key in ("IMAGE_SIZES", "MIN_SCALES", "MAX_SCALES"):
         values = cfg.INPUT.DATASEG[key]
         if len(values) not in (1, num_train):
@@ -296,56 +287,17 @@ def check_dataseg_config(cfg):
                 "same order, or leave it empty.")
     if bool(cfg.INPUT.DATASEG.MIN_SIZES_TEST) != bool(cfg.INPUT.DATASEG.MAX_SIZES_TEST):
         raise ValueError("Give INPUT.DATASEG.MIN_SIZES_TEST and MAX_SIZES_TEST together.")
-    check_sampling_ratios(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS, cfg.DATASETS.TRAIN)
 
 
-def check_sampling_ratios(ratios, train_datasets, dataset_sizes=None):
-    """Validate ``DATALOADER.DATASEG.SAMPLING_RATIOS`` against ``DATASETS.TRAIN``.
-
-    The one check of the sampling ratios, with one set of messages: the config check, the
-    trainer's pre-flight and ``MultiDatasetSchedule`` all call it.
-
-    Empty means "derived from dataset sizes". Otherwise one finite, non-negative value per
-    training dataset, in the same order, at least one of them positive, and (when
-    ``dataset_sizes`` is given) none positive for a dataset without images.
-
-    Args:
-        ratios: the ratios (any non-negative scale; they are normalised where used).
-        train_datasets: the names of the training datasets, for the messages.
-        dataset_sizes: optional number of images of each dataset.
-
-    Raises:
-        ValueError: naming the offending entries and their datasets.
-    """
-    ratios, names = list(ratios), list(train_datasets)
-    if not ratios:
-        return
-    key = "DATALOADER.DATASEG.SAMPLING_RATIOS"
-    if len(ratios) != len(names):
+def check_per_dataset_list(key: str, values, train_datasets) -> None:
+    """Refuse a per-dataset list (``key``) that is neither empty nor aligned with
+    ``DATASETS.TRAIN`` (one value per training dataset, in the same order)."""
+    names = list(train_datasets)
+    if len(values) not in (0, len(names)):
         raise ValueError(
-            f"{key} has {len(ratios)} entries but DATASETS.TRAIN has {len(names)} ({names}); "
-            "give one ratio per training dataset, in the same order, or leave it empty to "
-            "derive the ratios from the dataset sizes."
+            f"{key} has {len(values)} entries but DATASETS.TRAIN has {len(names)} ({names}); "
+            "give one value per training dataset, in the same order, or leave it empty."
         )
-    bad = [f"{name}={r}" for name, r in zip(names, ratios)
-           if not (float(r) >= 0 and float(r) != float("inf"))]
-    if bad:
-        raise ValueError(f"{key} must be finite and >= 0; got {', '.join(bad)}.")
-    if sum(float(r) for r in ratios) <= 0:
-        raise ValueError(
-            f"{key} are all zero ({dict(zip(names, ratios))}): no dataset could ever be drawn. "
-            "Give at least one training dataset a positive ratio (remove a dataset from "
-            "DATASETS.TRAIN rather than giving it 0 if it should not be trained on)."
-        )
-    if dataset_sizes is not None:
-        empty = [f"{name}={r}" for name, r, size in zip(names, ratios, dataset_sizes)
-                 if size <= 0 and float(r) > 0]
-        if empty:
-            raise ValueError(
-                f"{key} gives a positive ratio to empty datasets ({', '.join(empty)}): they "
-                "have no image to draw. Fix their registration or remove them from "
-                "DATASETS.TRAIN."
-            )
 
 
 def merge_dataseg_config_file(cfg, config_file: str):

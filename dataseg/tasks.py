@@ -20,12 +20,15 @@ The mapper of each task is registered by the mappers themselves
 """
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
-__all__ = ["TaskSpec", "TASK_SPECS", "TASKS", "get_task", "check_task"]
+__all__ = ["TaskSpec", "TASK_SPECS", "TASKS", "TEST_OUTPUTS", "get_task", "check_task",
+           "resolve_test_outputs"]
 
 MERGE_RULES = ("all", "stuff", "none")
 SUPERVISIONS = ("masks", "boxes")
+# Everything inference can produce for evaluation (detectron2's output keys).
+TEST_OUTPUTS = ("sem_seg", "panoptic_seg", "instances")
 
 
 @dataclass(frozen=True)
@@ -82,3 +85,16 @@ def get_task(task: str) -> TaskSpec:
 def check_task(task: str) -> str:
     """Return ``task`` if it is in the table, else raise a ValueError listing the tasks."""
     return get_task(task).name
+
+
+def resolve_test_outputs(task: str, outputs: Optional[Sequence[str]] = None,
+                         where: str = "") -> tuple:
+    """What inference produces for a dataset of ``task``: ``outputs`` when given (a box
+    dataset with held-out masks is evaluated on instance masks, for example), else the
+    task's default; unknown outputs are a ValueError naming ``where`` (the dataset)."""
+    chosen = tuple(outputs) if outputs else get_task(task).default_test_outputs
+    unknown = [o for o in chosen if o not in TEST_OUTPUTS]
+    if unknown:
+        prefix = f"Dataset {where!r}: " if where else ""
+        raise ValueError(f"{prefix}unknown test outputs {unknown}; choose from {TEST_OUTPUTS}.")
+    return chosen

@@ -112,9 +112,10 @@ def _accepted(cls):
 def make_criterion(matcher=None, **kw):
     """A MergeCriterion from flat keyword arguments, each routed to the part that takes it
     (``merge="first_design"`` also gives the mask supervision the first design's arithmetic,
-    as the config does)."""
+    and ``fast_paths`` defaults to "auto", as in the config)."""
     if kw.get("merge") == "first_design":
         kw.setdefault("first_merge_design", True)
+    kw.setdefault("fast_paths", "auto")
     parts = {}
     for name, cls in (("mask_supervision", MaskSupervision), ("box_supervision", BoxSupervision)):
         parts[name] = cls(**{k: kw.pop(k) for k in list(kw) if k in _accepted(cls)})

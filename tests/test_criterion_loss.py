@@ -188,29 +188,27 @@ def test_weights_scale_losses():
         torch.testing.assert_close(b[k], 2.0 * a[k])
 
 
-def test_detectron2_point_sampler_and_bilinear_gt_options():
+def test_plain_point_sampling_runs():
+    """FAST_PATHS "off": Mask2Former's continuous points, masks read bilinearly."""
     torch.manual_seed(0)
-    crit = _criterion(point_sampler="detectron2", gt_sample_mode="bilinear")
+    crit = _criterion(fast_paths="off")
     losses = crit(_outputs(), _targets(), _context("panoptic"))
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_sampler_options_come_from_the_config_and_are_checked():
+def test_fast_paths_setting_comes_from_the_config_and_is_checked():
     cfg = add_dataseg_config(get_cfg())
-    cfg.MODEL.DATASEG.CRITERION.POINT_SAMPLER = "detectron2"
-    cfg.MODEL.DATASEG.CRITERION.GT_SAMPLE_MODE = "bilinear"
-    crit = build_criterion(cfg)
-    sup = crit.mask_supervision
-    assert (sup.point_sampler, sup.gt_sample_mode) == ("detectron2", "bilinear")
-    with pytest.raises(ValueError, match="POINT_SAMPLER"):
-        _criterion(point_sampler="random")
-    with pytest.raises(ValueError, match="GT_SAMPLE_MODE"):
-        _criterion(gt_sample_mode="area")
+    assert build_criterion(cfg).mask_supervision.fast_paths == "auto"
+    cfg.MODEL.DATASEG.FAST_PATHS = "off"
+    assert build_criterion(cfg).mask_supervision.fast_paths == "off"
+    with pytest.raises(ValueError, match="FAST_PATHS"):
+        _criterion(fast_paths="grid")
 
 
 @pytest.mark.parametrize("task", ["instance", "semantic"])
 def test_grid_and_detectron2_samplers_estimate_the_same_losses(task):
-    """Averaged over draws, the pixel-centre sampler and Mask2Former's continuous points give
+    """Averaged over draws, the pixel-centre sampler (the CPU fast path) and Mask2Former's
+    continuous points (the plain path) give
     the same losses when both sample uniformly (single and merged units). With importance
     sampling the dice terms still agree; the focal term, dominated by the uncertain points,
     differs by design (the region is chosen per prediction pixel, not per point)."""
@@ -219,7 +217,8 @@ def test_grid_and_detectron2_samplers_estimate_the_same_losses(task):
         out["pred_logits"][:, :3, 2] += 10.0  # semantic: merged units too
 
     def mean_losses(sampler, ratio):
-        crit = _criterion(point_sampler=sampler, num_points=256, deep_supervision=False,
+        crit = _criterion(fast_paths="auto" if sampler == "grid" else "off", num_points=256,
+                          deep_supervision=False,
                           importance_sample_ratio=ratio)
         totals = {"loss_focal": 0.0, "loss_dice": 0.0}
         for seed in range(20):

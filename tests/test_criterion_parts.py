@@ -15,11 +15,13 @@ from dataseg.modeling.criterion.box_losses import (
 )
 from dataseg.modeling.criterion.losses import class_nll_loss, dice_loss, focal_loss
 from dataseg.modeling.criterion.point_sampling import (
-    PixelPoints,
     read_mask_pixels,
     sample_binary_masks,
-    sample_logits_at_pixels,
     sample_shared_points,
+)
+from dataseg.modeling.fast_paths.grid_point_sampler import (
+    PixelPoints,
+    sample_logits_at_pixels,
     sample_uncertain_pixels,
 )
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dataseg.config import check_sampling_ratios
+from dataseg.data.sampler import check_sampling_ratios
 from dataseg.data import MultiDatasetSchedule, sampling_ratios_from_sizes
 
 SIZES = [50, 300, 20]

@@ -125,8 +125,9 @@ def test_file_has_dynamic_inputs_outputs_and_the_metadata_it_is_checked_against(
 def test_export_writes_the_plain_computations_and_leaves_the_model_as_it_was(onnx_file,
                                                                              weights):
     from dataseg.engine.predictor import build_inference_model
+    from dataseg.modeling.fast_paths import plain_computations
+    from dataseg.modeling.fast_paths.pointwise_conv import PointwiseConv2d
     from dataseg.modeling.ops import MSDeformAttn
-    from dataseg.modeling.pointwise_conv import PointwiseConv2d
 
     graph = onnx.load(onnx_file).graph
     model = build_inference_model(cfg_with(weights))  # as the command line built it
@@ -137,12 +138,12 @@ def test_export_writes_the_plain_computations_and_leaves_the_model_as_it_was(onn
     # its 3 levels with GridSample (not the embedding-bag path).
     assert sum(n.op_type == "Conv" for n in graph.node) == len(convs)
     assert sum(n.op_type == "GridSample" for n in graph.node) == 3 * len(attention)
-    before = [type(m) for m in model.modules()]
-    with export_tool.plain_computations(model):
-        assert not any(isinstance(m, PointwiseConv2d) for m in model.modules())
-        assert {m.impl for m in attention} == {"grid_sample"}
-    assert [type(m) for m in model.modules()] == before
-    assert {m.impl for m in attention} == {"auto"}
+    switched = [m for m in model.modules() if isinstance(getattr(m, "fast_paths", None), str)]
+    assert {type(m) for m in switched} >= {PointwiseConv2d, MSDeformAttn}
+    assert {m.fast_paths for m in switched} == {"auto"}
+    with plain_computations(model):
+        assert {m.fast_paths for m in switched} == {"off"}
+    assert {m.fast_paths for m in switched} == {"auto"}
 
 
 def test_network_matches_pytorch_at_sizes_other_than_the_traced_one(onnx_file, weights):

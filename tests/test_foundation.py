@@ -70,13 +70,24 @@ def test_non_dataseg_config_is_refused():
 def test_per_dataset_lists_must_align():
     cfg = get_dataseg_cfg(str(CONFIGS / "Base-DaTaSeg.yaml"))
     cfg.DATASETS.TRAIN = ("a", "b")
-    cfg.DATALOADER.DATASEG.SAMPLING_RATIOS = [1.0, 2.0, 3.0]
-    with pytest.raises(ValueError, match="SAMPLING_RATIOS has 3 entries"):
+    cfg.DATALOADER.DATASEG.BATCH_SIZES = [1, 2, 3]
+    with pytest.raises(ValueError, match="BATCH_SIZES has 3 entries"):
         check_dataseg_config(cfg)
-    cfg.DATALOADER.DATASEG.SAMPLING_RATIOS = []
+    cfg.DATALOADER.DATASEG.BATCH_SIZES = []
     cfg.INPUT.DATASEG.IMAGE_SIZES = []
     with pytest.raises(ValueError, match="IMAGE_SIZES"):
         check_dataseg_config(cfg)
+
+
+@pytest.mark.parametrize("old,value,new", [
+    ("MODEL.DATASEG.CRITERION.MERGE_ENABLED", "False", "MODEL.DATASEG.CRITERION.MERGE"),
+    ("MODEL.DATASEG.CRITERION.MERGE_MODE", "clamped_sum", "MODEL.DATASEG.CRITERION.MERGE"),
+    ("MODEL.DATASEG.PIXEL_DECODER.MSDA_IMPL", "grid_sample", "MODEL.DATASEG.FAST_PATHS"),
+    ("MODEL.DATASEG.CRITERION.COMPILE_POINT_LOSSES", "True", "MODEL.DATASEG.FAST_PATHS"),
+])
+def test_keys_of_earlier_versions_name_what_replaces_them(old, value, new):
+    with pytest.raises(KeyError, match=f"{old} was renamed to {new}"):
+        get_dataseg_cfg(str(CONFIGS / "Base-DaTaSeg.yaml"), [old, value])
 
 
 def test_train_net_help():

@@ -1,8 +1,8 @@
 """Device-dependent code paths: what runs off the CPU, and CUDA checks of the CPU-tuned paths.
 
-The CPU-tuned fast paths (the embedding-bag deformable attention with its int32 CSR
-``sampled_addmm`` backward, the head-broadcast attention mask) are selected on CPU only; on
-other devices the model uses the reference paths (``F.grid_sample`` deformable attention,
+The CPU fast paths (``MODEL.DATASEG.FAST_PATHS "auto"``: the embedding-bag deformable
+attention with its int32 CSR ``sampled_addmm`` backward, the head-broadcast attention mask, ...)
+are selected on CPU only; on other devices the model uses the plain paths (``F.grid_sample`` deformable attention,
 ``nn.MultiheadAttention`` with a per-head mask). The first tests check that selection on the
 CPU (the "meta" device stands in for an accelerator). The ``cuda`` tests run the fast paths,
 the criterion under float16 autocast and a short AMP training on a GPU where one exists and
@@ -13,11 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from dataseg.modeling.ops import (
-    MSDeformAttn,
-    ms_deform_attn_embedding_bag,
-    ms_deform_attn_grid_sample,
-)
+from dataseg.modeling.fast_paths.head_broadcast_attention import head_broadcast_attention
+from dataseg.modeling.fast_paths.msda_embedding_bag import ms_deform_attn_embedding_bag
+from dataseg.modeling.ops import MSDeformAttn, ms_deform_attn_grid_sample
 from dataseg.modeling.transformer_decoder.masked_attention_decoder import multihead_attention
 
 from helpers import make_criterion, trainer_cfg
@@ -38,14 +36,19 @@ def _attention_inputs(device="cpu", seed=0, B=2, Lq=5, Lk=7, E=32):
 def _attention_outputs(attn, inputs, hidden, head_broadcast):
     inputs = [t.clone().requires_grad_(True) for t in inputs]
     attn.zero_grad()
-    out = multihead_attention(attn, *inputs, hidden=hidden, head_broadcast=head_broadcast)
+    if head_broadcast:
+        out = head_broadcast_attention(attn, *inputs, hidden)
+    else:
+        out = multihead_attention(attn, *inputs, hidden=hidden)  # the plain path
     out.pow(2).sum().backward()
     return out.detach(), [t.grad for t in inputs] + [p.grad.clone() for p in attn.parameters()]
 
 
 # ---- selection (runs everywhere) --------------------------------------------------------
-@pytest.mark.parametrize("device,per_head", [("cpu", False), ("meta", True)])
-def test_attention_mask_path_is_chosen_by_device(monkeypatch, device, per_head):
+@pytest.mark.parametrize("device,setting,per_head", [
+    ("cpu", "auto", False), ("cpu", "off", True), ("meta", "auto", True)])
+def test_attention_mask_path_is_chosen_by_setting_and_device(monkeypatch, device, setting,
+                                                             per_head):
     attn = nn.MultiheadAttention(32, 4, batch_first=True).to(device)
     calls = []
 
@@ -55,7 +58,7 @@ def test_attention_mask_path_is_chosen_by_device(monkeypatch, device, per_head):
 
     monkeypatch.setattr(attn, "forward", module_forward)
     (q, k, v), hidden = _attention_inputs(device)
-    out = multihead_attention(attn, q, k, v, hidden=hidden)
+    out = multihead_attention(attn, q, k, v, hidden=hidden, fast_paths=setting)
     assert out.shape == q.shape
     if per_head:  # the module itself, one bool mask per head (B * heads, Lq, Lk)
         assert len(calls) == 1
@@ -112,7 +115,7 @@ def test_cuda_msdeformattn_auto_equals_cpu():
     torch.manual_seed(0)
     shapes = [(4, 4), (2, 2)]
     S = sum(h * w for h, w in shapes)
-    module = MSDeformAttn(16, n_levels=2, n_heads=2, n_points=2, impl="auto")
+    module = MSDeformAttn(16, n_levels=2, n_heads=2, n_points=2, fast_paths="auto")
     query, ref = torch.randn(2, S, 16), torch.rand(2, S, 2, 2)
     expected = module(query, ref, query, shapes)
     got = module.cuda()(query.cuda(), ref.cuda(), query.cuda(), shapes)
@@ -131,16 +134,16 @@ def test_cuda_head_broadcast_mask_equals_per_head_mask():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # Under float16 autocast both run and agree to float16 precision.
     with torch.autocast("cuda", dtype=torch.float16):
-        outs = [multihead_attention(attn, *inputs, hidden=hidden, head_broadcast=b)
-                for b in (True, False)]
+        outs = [head_broadcast_attention(attn, *inputs, hidden),
+                multihead_attention(attn, *inputs, hidden=hidden)]
     assert all(torch.isfinite(o).all() for o in outs)
     torch.testing.assert_close(outs[0].float(), outs[1].float(), rtol=1e-2, atol=1e-2)
 
 
 @cuda
 def test_cuda_pixel_reads_equal_cpu():
-    from dataseg.modeling.criterion.point_sampling import (
-        read_mask_pixels,
+    from dataseg.modeling.criterion.point_sampling import read_mask_pixels
+    from dataseg.modeling.fast_paths.grid_point_sampler import (
         sample_logits_at_pixels,
         sample_uncertain_pixels,
     )

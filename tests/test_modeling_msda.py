@@ -3,12 +3,8 @@
 import pytest
 import torch
 
-from dataseg.modeling.ops import (
-    MSDeformAttn,
-    ms_deform_attn_embedding_bag,
-    ms_deform_attn_grid_sample,
-    resolve_msda_impl,
-)
+from dataseg.modeling.fast_paths.msda_embedding_bag import ms_deform_attn_embedding_bag
+from dataseg.modeling.ops import MSDeformAttn, ms_deform_attn_grid_sample
 
 
 def naive_msda(value, shapes, locations, weights):
@@ -103,44 +99,29 @@ def test_fast_path_float32_realistic_shapes_match_grid_sample():
         torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-4)
 
 
-def test_module_implementations_agree_and_selection_is_explicit():
+def test_module_fast_path_agrees_with_the_plain_path():
     torch.manual_seed(0)
     shapes = [(4, 4), (2, 2)]
     S = sum(h * w for h, w in shapes)
-    fast = MSDeformAttn(16, n_levels=2, n_heads=2, n_points=2, impl="auto")
-    slow = MSDeformAttn(16, n_levels=2, n_heads=2, n_points=2, impl="grid_sample")
+    fast = MSDeformAttn(16, n_levels=2, n_heads=2, n_points=2, fast_paths="auto")
+    slow = MSDeformAttn(16, n_levels=2, n_heads=2, n_points=2, fast_paths="off")
     slow.load_state_dict(fast.state_dict())
     query = torch.randn(2, S, 16)
     ref = torch.rand(2, S, 2, 2)
     torch.testing.assert_close(fast(query, ref, query, shapes), slow(query, ref, query, shapes),
                                atol=1e-5, rtol=1e-5)
-    assert resolve_msda_impl("auto", torch.device("cpu")) == "embedding_bag"
-    assert resolve_msda_impl("pytorch") == "embedding_bag"
-    with pytest.raises(ValueError, match="MSDA_IMPL"):
-        MSDeformAttn(16, 2, 2, 2, impl="cuda_kernel_that_does_not_exist")
+    with pytest.raises(ValueError, match="FAST_PATHS"):
+        MSDeformAttn(16, 2, 2, 2, fast_paths="embedding_bag")
 
 
-def test_auto_picks_the_fast_path_on_cpu_only():
-    # The embedding-bag path is verified on CPU only; every other device gets the reference
-    # until a run there has checked it (tests/test_gpu_paths.py on CUDA).
-    assert resolve_msda_impl("auto", torch.device("cpu")) == "embedding_bag"
-    assert resolve_msda_impl("auto", "cpu") == "embedding_bag"
-    assert resolve_msda_impl("auto") == "embedding_bag"
-    for device in ("cuda", "cuda:1", "mps", "xpu", "meta"):
-        assert resolve_msda_impl("auto", torch.device(device)) == "grid_sample", device
-    # Named paths stay selectable on every device.
-    for name in ("embedding_bag", "pytorch"):
-        assert resolve_msda_impl(name, torch.device("cuda")) == "embedding_bag"
-    assert resolve_msda_impl("grid_sample", torch.device("cpu")) == "grid_sample"
-
-
-@pytest.mark.parametrize("device,impl,expected", [
+@pytest.mark.parametrize("device,setting,expected", [
     ("cpu", "auto", "embedding_bag"),
+    ("cpu", "off", "grid_sample"),
     ("meta", "auto", "grid_sample"),  # a non-CPU device, available without an accelerator
-    ("meta", "embedding_bag", "embedding_bag"),
 ])
-def test_module_dispatches_by_the_tensors_device(monkeypatch, device, impl, expected):
-    from dataseg.modeling.ops import ms_deform_attn_func
+def test_module_dispatches_by_the_setting_and_the_tensors_device(monkeypatch, device, setting,
+                                                                  expected):
+    from dataseg.modeling.ops import ms_deform_attn as module_file
 
     called = []
     for name in ("embedding_bag", "grid_sample"):
@@ -148,8 +129,8 @@ def test_module_dispatches_by_the_tensors_device(monkeypatch, device, impl, expe
             called.append((name, value.device.type))
             B, Q = loc.shape[:2]
             return value.new_zeros(B, Q, value.shape[2] * value.shape[3])
-        monkeypatch.setitem(ms_deform_attn_func.MSDA_IMPLEMENTATIONS, name, spy)
-    module = MSDeformAttn(16, n_levels=2, n_heads=2, n_points=2, impl=impl).to(device)
+        monkeypatch.setattr(module_file, f"ms_deform_attn_{name}", spy)
+    module = MSDeformAttn(16, n_levels=2, n_heads=2, n_points=2, fast_paths=setting).to(device)
     shapes = [(4, 4), (2, 2)]
     query = torch.randn(2, 20, 16, device=device)
     out = module(query, torch.rand(2, 20, 2, 2, device=device), query, shapes)

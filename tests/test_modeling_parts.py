@@ -32,10 +32,10 @@ def test_pixel_decoder_shapes():
     assert [tuple(x.shape) for x in multi_scale] == [(2, 32, 2, 3), (2, 32, 4, 6), (2, 32, 8, 12)]
 
 
-def test_pixel_decoder_msda_impls_agree():
+def test_pixel_decoder_fast_paths_agree_with_the_plain_ones():
     feats = features()
-    fast = pixel_decoder(msda_impl="auto")
-    ref = pixel_decoder(msda_impl="grid_sample")
+    fast = pixel_decoder(fast_paths="auto")
+    ref = pixel_decoder(fast_paths="off")
     ref.load_state_dict(fast.state_dict())
     a, b = fast(feats), ref(feats)
     torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=1e-4)
@@ -65,7 +65,7 @@ def test_decoder_predictions_and_attention_mask():
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_head_shared_attention_equals_multihead_attention(with_mask):
+def test_head_broadcast_fast_path_equals_multihead_attention(with_mask):
     from dataseg.modeling.transformer_decoder.masked_attention_decoder import (
         multihead_attention,
     )
@@ -82,7 +82,7 @@ def test_head_shared_attention_equals_multihead_attention(with_mask):
         inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
         attn.zero_grad()
         if fn == "ours":
-            out = multihead_attention(attn, *inputs, hidden=hidden)
+            out = multihead_attention(attn, *inputs, hidden=hidden, fast_paths="auto")
         else:
             mask = None if hidden is None else hidden.repeat_interleave(4, dim=0)
             out = attn(*inputs, attn_mask=mask, need_weights=False)[0]

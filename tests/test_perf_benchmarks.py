@@ -41,32 +41,20 @@ def test_quick_run_writes_every_section(bench, tmp_path):
     assert set(saved["vocabulary"]) == {"16", "64"}
 
 
-def test_deformable_flops_equal_grid_sample_count(bench):
-    """The handler for the fast op counts what fvcore counts for the grid_sample path."""
+def test_fast_path_flops_equal_the_plain_count(bench):
+    """The handlers of the fast ops (embedding-bag attention, 1x1 convolutions as (b)addbmm)
+    count what fvcore counts for the plain computations."""
     counts = {}
-    for impl in ("embedding_bag", "grid_sample"):
-        cfg = bench.bench_cfg(TINY, opts=["MODEL.DATASEG.PIXEL_DECODER.MSDA_IMPL", impl])
-        model = bench.build_bench_model(cfg)
-        bench.register_bench_dataset(num_classes=133)
-        model._ensure_vocabulary(bench.BENCH_DATASET,
-                                 model.dataset_info(bench.BENCH_DATASET)["classes"])
-        counts[impl] = bench.count_flops(model, 64)["by_part_gflop"]["pixel_decoder"]
-    assert counts["embedding_bag"] == pytest.approx(counts["grid_sample"], rel=1e-6)
-
-
-def test_pointwise_gemm_flops_equal_convolution_count(bench):
-    """1x1 convolutions run as (b)addbmm count what fvcore counts for the convolutions."""
-    counts = {}
-    for gemm in (True, False):
-        cfg = bench.bench_cfg(TINY, opts=["MODEL.DATASEG.CPU_POINTWISE_GEMM", str(gemm)])
+    for setting in ("auto", "off"):
+        cfg = bench.bench_cfg(TINY, opts=["MODEL.DATASEG.FAST_PATHS", setting])
         model = bench.build_bench_model(cfg)
         bench.register_bench_dataset(num_classes=133)
         model._ensure_vocabulary(bench.BENCH_DATASET,
                                  model.dataset_info(bench.BENCH_DATASET)["classes"])
         result = bench.count_flops(model, 64)
         assert not any("bmm" in op for op in result["unsupported_ops"])
-        counts[gemm] = result["gflop"]
-    assert counts[True] == pytest.approx(counts[False], rel=1e-6)
+        counts[setting] = (result["gflop"], result["by_part_gflop"]["pixel_decoder"])
+    assert counts["auto"] == pytest.approx(counts["off"], rel=1e-6)
 
 
 # ------------------------------------------------------------------------------------------
@@ -143,28 +131,6 @@ def test_quick_comparison_runs_both_arms_and_writes_the_table(compare, tmp_path)
     assert saved["gflop"] > 0 and saved["matmul_gflops"] > 0
 
 
-def test_plain_attention_equals_the_shared_mask_path():
-    from torch import nn
-
-    from dataseg.modeling.transformer_decoder.masked_attention_decoder import (
-        multihead_attention,
-    )
-    reference_arm = _reference_arm()
-    torch.manual_seed(0)
-    attn = nn.MultiheadAttention(16, 4, batch_first=True)
-    q, k = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
-    hidden = torch.rand(2, 5, 7) > 0.6
-    hidden[:, :, 0] = False  # every query sees at least one key
-    grads = []
-    for fn in (multihead_attention, reference_arm.plain_multihead_attention):
-        attn.zero_grad()
-        out = fn(attn, q, k, k, hidden)
-        (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
-        grads.append((out.detach(), attn.in_proj_weight.grad.clone()))
-    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
-
-
 def _reference_arm():
     import sys
 
@@ -207,9 +173,7 @@ def test_reference_criterion_equals_merge_criterion_without_merge(monkeypatch):
         return original(*args)
 
     cfg = bench_cfg_with([
-        "MODEL.DATASEG.CRITERION.MERGE_ENABLED", "False",
-        "MODEL.DATASEG.CRITERION.POINT_SAMPLER", "detectron2",
-        "MODEL.DATASEG.CRITERION.GT_SAMPLE_MODE", "bilinear",
+        "MODEL.DATASEG.CRITERION.MERGE", "none", "MODEL.DATASEG.FAST_PATHS", "off",
         # Matching by class alone: both criteria then match the same pairs whatever their
         # (differently drawn) matching points (the point costs are tested above).
         "MODEL.DATASEG.CRITERION.COST_FOCAL", "0.0", "MODEL.DATASEG.CRITERION.COST_DICE", "0.0",

@@ -1,6 +1,7 @@
-"""The criterion's fused autograd paths equal the straightforward formulas (values + grads)."""
+"""The criterion's fused autograd paths (CPU fast paths) equal the plain formulas (values +
+grads)."""
 
-import shutil
+import functools
 
 import pytest
 import torch
@@ -13,11 +14,7 @@ from dataseg.modeling.criterion.losses import (
     focal_loss,
     sigmoid_focal_dice_loss,
 )
-from dataseg.modeling.criterion.merge import (
-    PointProbs,
-    _sigmoid_with_logs_values,
-    sigmoid_with_logs,
-)
+from dataseg.modeling.criterion.merge import PointProbs, sigmoid_with_logs
 
 from reference import focal_loss_reference
 
@@ -38,14 +35,14 @@ def test_sigmoid_with_logs_fused_matches_formula():
     def combine(s, lp, l1mp):  # every output reaches the loss with its own weight
         return s * 0.3 + lp * 1.7 - l1mp * 0.9
 
-    fused, (gf,) = _grads(lambda t: combine(*sigmoid_with_logs(t)), x)
-    ref, (gr,) = _grads(lambda t: combine(*_sigmoid_with_logs_values(t)), x)
+    fused, (gf,) = _grads(lambda t: combine(*sigmoid_with_logs(t, fast=True)), x)
+    ref, (gr,) = _grads(lambda t: combine(*sigmoid_with_logs(t)), x)
     torch.testing.assert_close(fused, ref)
     # x == 0 exactly: abs() has a zero subgradient there in the formula; skip that point.
     mask = x.double() != 0
     torch.testing.assert_close(gf[mask], gr[mask])
     with torch.no_grad():  # no grad: plain values, no autograd function
-        for a, b in zip(sigmoid_with_logs(x), _sigmoid_with_logs_values(x)):
+        for a, b in zip(sigmoid_with_logs(x, fast=True), sigmoid_with_logs(x)):
             assert torch.equal(a, b)
 
 
@@ -61,11 +58,11 @@ def test_focal_loss_fused_matches_reference(alpha, gamma, soft_targets):
 
     def run(loss_fn):
         def fn(p_logits):
-            s, lp, l1mp = _sigmoid_with_logs_values(p_logits)
+            s, lp, l1mp = sigmoid_with_logs(p_logits)
             return loss_fn(PointProbs(s, lp, l1mp), t, alpha, gamma)
         return _grads(fn, x)
 
-    fused, (gf,) = run(focal_loss)
+    fused, (gf,) = run(functools.partial(focal_loss, fast=True))
     ref, (gr,) = run(focal_loss_reference)
     torch.testing.assert_close(fused, ref)
     torch.testing.assert_close(gf, gr)
@@ -84,7 +81,7 @@ def test_merged_point_losses_match_reference():
             return loss_fn(pp, t, 0.25, 2.0) + dice_loss(pp.prob, t)
         return _grads(fn, x)
 
-    fused, (gf,) = run(focal_loss)
+    fused, (gf,) = run(functools.partial(focal_loss, fast=True))
     ref, (gr,) = run(focal_loss_reference)
     torch.testing.assert_close(fused, ref)
     torch.testing.assert_close(gf, gr)
@@ -95,10 +92,10 @@ def test_focal_loss_float32_close_to_float64():
     x = torch.randn(4, 1000, generator=g) * 5
     t = (torch.rand(4, 1000, generator=g) > 0.5).float()
     x32 = x.clone().requires_grad_(True)
-    pp = PointProbs(*sigmoid_with_logs(x32))
-    focal_loss(pp, t).sum().backward()
+    pp = PointProbs(*sigmoid_with_logs(x32, fast=True))
+    focal_loss(pp, t, fast=True).sum().backward()
     x64 = x.double().requires_grad_(True)
-    pp = PointProbs(*_sigmoid_with_logs_values(x64))
+    pp = PointProbs(*sigmoid_with_logs(x64))
     focal_loss_reference(pp, t.double()).sum().backward()
     torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-8)
 
@@ -119,11 +116,11 @@ def test_logit_focal_dice_matches_probability_path(alpha, gamma, targets):
     weights = torch.tensor([0.7, 1.3], dtype=torch.float64)
 
     def fused(logits):
-        focal, dice = sigmoid_focal_dice_loss(logits, t, alpha, gamma)
+        focal, dice = sigmoid_focal_dice_loss(logits, t, alpha, gamma, fast=True)
         return torch.stack([focal, dice], -1) * weights
 
     def reference(logits):
-        pp = PointProbs(*_sigmoid_with_logs_values(logits))
+        pp = PointProbs(*sigmoid_with_logs(logits))
         focal = focal_loss_reference(pp, t_float, alpha, gamma)
         return torch.stack([focal, dice_loss(pp.prob, t_float)], -1) * weights
 
@@ -149,7 +146,7 @@ def test_mixed_single_and_merged_units_equal_one_merge_path():
     t = torch.rand(4, 120, generator=g) > 0.5
 
     def split(logits):
-        focal, dice = crit._merged_point_losses(logits, member_pair, single_pair, t)
+        focal, dice = crit._merged_point_losses(logits, member_pair, single_pair, t, True)
         return torch.stack([focal, 2.0 * dice])
 
     def one_path(logits):
@@ -161,48 +158,6 @@ def test_mixed_single_and_merged_units_equal_one_merge_path():
     ref, (go,) = _grads(one_path, x)  # clamped_sum_logits computes in float32
     torch.testing.assert_close(out, ref.double(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gs, go.double(), rtol=1e-5, atol=1e-6)
-
-
-def _has_cxx_compiler():
-    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-
-
-@pytest.mark.skipif(not _has_cxx_compiler(), reason="torch.compile on CPU needs a C++ compiler")
-def test_compiled_point_loss_matches_eager_and_is_used_by_the_criterion():
-    """COMPILE_POINT_LOSSES: the inductor-fused loss equals the eager one (values + grads)
-    for two unit counts (dynamic shapes), and the criterion calls it."""
-    from dataseg.modeling.criterion import MaskSupervision
-
-    crit = MaskSupervision(compile_point_losses=True)
-    assert crit._point_loss is not sigmoid_focal_dice_loss
-    g = torch.Generator().manual_seed(7)
-    for units in (5, 9):
-        x = (torch.randn(units, 257, generator=g) * 4).requires_grad_(True)
-        t = torch.rand(units, 257, generator=g) > 0.6
-        weights = torch.linspace(0.5, 1.5, units)
-        outs, grads = [], []
-        for fn in (crit._point_loss, sigmoid_focal_dice_loss):
-            x.grad = None
-            focal, dice = fn(x, t, 0.25, 2.0)
-            ((focal + 3.0 * dice) * weights).sum().backward()
-            outs.append(torch.stack([focal, dice]).detach())
-            grads.append(x.grad.clone())
-        torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
-
-
-def test_compiled_point_loss_failure_names_the_config_key(monkeypatch):
-    from dataseg.modeling.criterion import losses
-
-    def broken(fn, **kwargs):
-        def call(*args):
-            raise OSError("no C++ compiler found")
-        return call
-
-    monkeypatch.setattr(losses.torch, "compile", broken)
-    point_loss = losses.compiled_sigmoid_focal_dice_loss()
-    with pytest.raises(RuntimeError, match="COMPILE_POINT_LOSSES False"):
-        point_loss(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.uint8))
 
 
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 1.0), (0.25, 0.0),
@@ -218,7 +173,7 @@ def test_logit_matching_cost_equals_the_probability_costs(alpha, gamma, weights)
     x[0, :3] = torch.tensor([0.0, 40.0, -40.0])
     t = (torch.rand(5, 301, generator=g) > 0.5).double()
     t[1] = torch.rand(301, generator=g, dtype=torch.float64)  # soft targets too
-    pp = PointProbs(*_sigmoid_with_logs_values(x))
+    pp = PointProbs(*sigmoid_with_logs(x))
     w_focal, w_dice = weights
     want = w_focal * focal_cost(pp, t, alpha, gamma) + w_dice * dice_cost(pp.prob, t)
     got = focal_dice_cost_logits(x, t, alpha, gamma, w_focal, w_dice)
@@ -229,7 +184,8 @@ def test_matching_from_logits_equals_the_merged_probability_path():
     """The criterion's cost of unmerged units (logits) = its cost through merge_mask_logits,
     for the default and a permuted unit order, in float32; same Hungarian assignment."""
     from dataseg.modeling.criterion import HungarianMatcher, MaskSupervision
-    from dataseg.modeling.criterion.mask_supervision import _MaskTargets, _UnitLogits
+    from dataseg.modeling.criterion.mask_supervision import _MaskTargets
+    from dataseg.modeling.criterion.merge import PointProbs as Probs
     from dataseg.modeling.criterion.merge import groups_from_units, singleton_groups
 
     sup, matcher = MaskSupervision(num_points=500), HungarianMatcher()
@@ -241,15 +197,17 @@ def test_matching_from_logits_equals_the_merged_probability_path():
     class_logp = torch.log_softmax(torch.randn(B * Q, 5, generator=g), -1)
     labels = torch.tensor([0, 3, 1, 2])
     perm = torch.cat([torch.randperm(Q, generator=g) + b * Q for b in range(B)])
-    for groups in (singleton_groups(B, Q), groups_from_units(perm, torch.arange(B).repeat_interleave(Q),
-                                                   B, Q)):
+    image_of_unit = torch.arange(B).repeat_interleave(Q)
+    for groups in (singleton_groups(B, Q), groups_from_units(perm, image_of_unit, B, Q)):
         fast = sup.cost_inputs(layer, None, groups, prep)
-        assert isinstance(fast, _UnitLogits)
+        assert all(inputs.unit_logits is not None for inputs in fast)
         point_logits = sample_shared_points(layer["pred_masks"], coords).flatten(0, 1)
         slow = merge_mask_logits(point_logits, groups.unit_of_query, groups.num_units)
         for b, (s, e) in enumerate(((0, Q), (Q, 2 * Q))):
-            got = sup.image_cost(matcher, fast, s, e, b, class_logp[s:e], labels, prep)
-            want = sup.image_cost(matcher, slow, s, e, b, class_logp[s:e], labels, prep)
+            through_probs = fast[b]._replace(unit_logits=None,
+                                             unit_probs=Probs(*(v[s:e] for v in slow)))
+            got = sup.image_cost(matcher, fast[b], class_logp[s:e], labels)
+            want = sup.image_cost(matcher, through_probs, class_logp[s:e], labels)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
             assert [r.tolist() for r in matcher.assign(got)] == [
                 r.tolist() for r in matcher.assign(want)]
@@ -260,7 +218,7 @@ def test_pixel_grid_is_the_pixel_centre_formula():
     and the bilinear reads at those points equal point_sample at the same centres."""
     from detectron2.projects.point_rend.point_features import point_sample
 
-    from dataseg.modeling.criterion.point_sampling import PixelPoints, sample_logits_at_pixels
+    from dataseg.modeling.fast_paths.grid_point_sampler import PixelPoints, sample_logits_at_pixels
 
     g = torch.Generator().manual_seed(10)
     H, W = 12, 20

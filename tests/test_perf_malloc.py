@@ -1,11 +1,11 @@
-"""Allocator tuning: opt-out, idempotence, no-op where glibc is absent."""
+"""Allocator tuning: only for the CPU fast paths, idempotent, no-op where glibc is absent."""
 
 import subprocess
 import sys
 
 import pytest
 
-from dataseg.utils import malloc
+from dataseg.modeling.fast_paths import malloc
 
 
 def _run(code, env):
@@ -28,12 +28,13 @@ def test_tune_malloc_applies_on_glibc_and_is_idempotent():
     assert _run(CODE + "; print(tune_malloc())", {"PATH": ""}) == "True"
 
 
-def test_opt_out_env_disables_tuning():
-    assert _run(CODE, {"DATASEG_NO_MALLOC_TUNING": "1"}) == "False"
+def test_plain_computations_or_another_device_leave_the_allocator_alone():
+    code = CODE.rsplit("; print", 1)[0]
+    assert _run(code + "; print(tune_malloc('off', 'cpu'))", {"PATH": ""}) == "False"
+    assert _run(code + "; print(tune_malloc('auto', 'cuda:0'))", {"PATH": ""}) == "False"
 
 
 def test_no_op_without_glibc(monkeypatch):
     monkeypatch.setattr(malloc, "_glibc", lambda: None)
-    monkeypatch.delenv(malloc.MALLOC_OPT_OUT_ENV, raising=False)
     assert malloc.tune_malloc(force=True) is False
     monkeypatch.setattr(malloc, "_tuned", None)

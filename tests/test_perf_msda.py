@@ -3,14 +3,13 @@
 import pytest
 import torch
 
-from dataseg.modeling.ops.ms_deform_attn_func import (
+from dataseg.modeling.fast_paths.msda_embedding_bag import (
     _corner_rows,
     _corners,
     _padded_table,
-    _shapes_as_list,
     ms_deform_attn_embedding_bag,
-    ms_deform_attn_grid_sample,
 )
+from dataseg.modeling.ops import ms_deform_attn_grid_sample
 
 
 def _inputs(seed=0, B=2, M=2, D=8, shapes=((6, 7), (3, 4)), Q=11, P=3):
@@ -25,7 +24,7 @@ def _inputs(seed=0, B=2, M=2, D=8, shapes=((6, 7), (3, 4)), Q=11, P=3):
 
 def test_corner_indices_are_int32_and_index_the_table():
     value, shapes, loc, _ = _inputs()
-    table, s_pad = _padded_table(value, _shapes_as_list(shapes))
+    table, s_pad = _padded_table(value, [list(s) for s in shapes])
     row, *_ = _corners(shapes, loc, s_pad)
     index = _corner_rows(row, shapes)
     assert row.dtype == index.dtype == torch.int32
@@ -76,9 +75,9 @@ def test_recomputed_ffn_matches_and_keeps_less_for_backward():
 
     torch.manual_seed(0)
     plain = DeformableEncoderLayer(d_model=16, dim_feedforward=64, n_levels=2, n_heads=2,
-                                   n_points=2)
+                                   n_points=2, fast_paths="off")
     recompute = DeformableEncoderLayer(d_model=16, dim_feedforward=64, n_levels=2, n_heads=2,
-                                       n_points=2, recompute_ffn=True)
+                                       n_points=2, fast_paths="auto")
     recompute.load_state_dict(plain.state_dict())
     shapes = [(4, 5), (2, 3)]
     S = sum(h * w for h, w in shapes)

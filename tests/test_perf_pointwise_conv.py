@@ -10,7 +10,7 @@ from torch import nn
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
-from dataseg.modeling.pointwise_conv import (
+from dataseg.modeling.fast_paths.pointwise_conv import (
     PointwiseConv2d,
     convert_pointwise_convs,
     pointwise_conv2d,
@@ -72,12 +72,12 @@ def test_convert_swaps_only_plain_1x1_convs_and_keeps_outputs_and_state():
     assert convert_pointwise_convs(net) == 0  # idempotent: already converted
 
 
-def test_config_key_converts_the_model_and_keeps_its_outputs(tmp_path):
+def test_fast_paths_convert_the_model_and_keep_its_outputs(tmp_path):
     cfg = model_cfg(tmp_path)
-    cfg.MODEL.DATASEG.CPU_POINTWISE_GEMM = False
+    cfg.MODEL.DATASEG.FAST_PATHS = "off"
     torch.manual_seed(0)
     plain = build_model(cfg).eval()
-    cfg.MODEL.DATASEG.CPU_POINTWISE_GEMM = True
+    cfg.MODEL.DATASEG.FAST_PATHS = "auto"
     torch.manual_seed(0)
     fast = build_model(cfg).eval()
     assert not any(isinstance(m, PointwiseConv2d) for m in plain.modules())

@@ -45,7 +45,7 @@ def resolve_sampling_ratios(cfg, sizes: Sequence[int]) -> List[float]:
     """``DATALOADER.DATASEG.SAMPLING_RATIOS`` as given, or ``p_i ∝ size_i ** SIZE_EXPONENT``.
 
     Not validated nor normalised here: :class:`MultiDatasetSchedule` does both (with
-    ``dataseg.config.check_sampling_ratios``, the one check of the ratios).
+    ``sampler.check_sampling_ratios``, the one check of the ratios).
     """
     ratios = [float(r) for r in cfg.DATALOADER.DATASEG.SAMPLING_RATIOS]
     if not ratios:
@@ -114,7 +114,11 @@ class MultiDatasetBatchStream(IterableDataset):
         schedule: the shared :class:`MultiDatasetSchedule`.
         rank: this process's rank.
         start_iter: first iteration to produce (resume point).
-        max_skipped_images: unreadable images tolerated (replaced) before failing.
+        max_skipped_images: replacements tried for ONE batch before it fails (a dataset
+            whose images are all unreadable would otherwise retry forever). The limit on the
+            run's total is the trainer's (``engine.training_guards.SkippedImagesMonitor``,
+            which counts over every data worker), from the same
+            ``INPUT.DATASEG.MAX_SKIPPED_IMAGES``.
     """
 
     def __init__(self, datasets: Sequence, mappers: Sequence, schedule: MultiDatasetSchedule,
@@ -140,10 +144,11 @@ class MultiDatasetBatchStream(IterableDataset):
                 state["skipped"] += 1
                 state["batch_skipped"] += 1
                 file_name = record.get("file_name", "?") if isinstance(record, dict) else record
-                if state["skipped"] > self.max_skipped_images:
+                if state["batch_skipped"] > self.max_skipped_images:
                     raise RuntimeError(
-                        f"More than {self.max_skipped_images} unreadable training images "
-                        f"(INPUT.DATASEG.MAX_SKIPPED_IMAGES); the last one was {file_name!r}: {e}"
+                        f"More than {self.max_skipped_images} unreadable training images in "
+                        "one batch (INPUT.DATASEG.MAX_SKIPPED_IMAGES): no readable replacement "
+                        f"found; the last one was {file_name!r}: {e}"
                     ) from e
                 logger.warning(
                     f"Skipping training image {file_name!r} ({type(e).__name__}: {e}); using "

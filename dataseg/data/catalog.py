@@ -30,7 +30,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 from detectron2.utils.file_io import PathManager
 
-from ..tasks import TASKS, check_task, get_task
+from ..tasks import TASKS, check_task, get_task, resolve_test_outputs
 from .columnar import (
     ColumnarDatasetDicts,
     ColumnarUnsupported,
@@ -233,12 +233,7 @@ def dataseg_metadata(task: str, class_names: Sequence[str], isthing=None, test_o
         raise ValueError(
             f"isthing has {len(isthing)} entries but there are {len(class_names)} classes."
         )
-    # What the model must produce to evaluate the dataset, unless registration says otherwise
-    # (a box dataset with held-out masks is evaluated on instance masks, for example).
-    test_outputs = tuple(test_outputs or get_task(task).default_test_outputs)
-    bad = set(test_outputs) - {"sem_seg", "panoptic_seg", "instances"}
-    if bad:
-        raise ValueError(f"Unknown test outputs {sorted(bad)}; use sem_seg/panoptic_seg/instances.")
+    test_outputs = resolve_test_outputs(task, test_outputs)
     meta = dict(
         dataseg_task=task,
         dataseg_classes=class_names_to_vocabulary(class_names),

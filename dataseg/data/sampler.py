@@ -24,9 +24,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ..config import check_sampling_ratios
-
-__all__ = ["MultiDatasetSchedule", "sampling_ratios_from_sizes"]
+__all__ = ["MultiDatasetSchedule", "check_sampling_ratios", "sampling_ratios_from_sizes"]
 
 # Separate the seed spaces of the two kinds of draws.
 _CHOICE_STREAM, _PERMUTATION_STREAM = 0, 1
@@ -36,6 +34,55 @@ def sampling_ratios_from_sizes(sizes: Sequence[int], exponent: float) -> List[fl
     """``p_i = size_i ** exponent / sum_j size_j ** exponent``."""
     weights = np.asarray(sizes, dtype=np.float64) ** float(exponent)
     return (weights / weights.sum()).tolist()
+
+
+def check_sampling_ratios(ratios, train_datasets, dataset_sizes=None):
+    """Validate ``DATALOADER.DATASEG.SAMPLING_RATIOS`` against ``DATASETS.TRAIN``.
+
+    The one check of the sampling ratios, with one set of messages: the trainer's pre-flight
+    and ``MultiDatasetSchedule`` both call it.
+
+    Empty means "derived from dataset sizes". Otherwise one finite, non-negative value per
+    training dataset, in the same order, at least one of them positive, and (when
+    ``dataset_sizes`` is given) none positive for a dataset without images.
+
+    Args:
+        ratios: the ratios (any non-negative scale; they are normalised where used).
+        train_datasets: the names of the training datasets, for the messages.
+        dataset_sizes: optional number of images of each dataset.
+
+    Raises:
+        ValueError: naming the offending entries and their datasets.
+    """
+    ratios, names = list(ratios), list(train_datasets)
+    if not ratios:
+        return
+    key = "DATALOADER.DATASEG.SAMPLING_RATIOS"
+    if len(ratios) != len(names):
+        raise ValueError(
+            f"{key} has {len(ratios)} entries but DATASETS.TRAIN has {len(names)} ({names}); "
+            "give one ratio per training dataset, in the same order, or leave it empty to "
+            "derive the ratios from the dataset sizes."
+        )
+    bad = [f"{name}={r}" for name, r in zip(names, ratios)
+           if not (float(r) >= 0 and float(r) != float("inf"))]
+    if bad:
+        raise ValueError(f"{key} must be finite and >= 0; got {', '.join(bad)}.")
+    if sum(float(r) for r in ratios) <= 0:
+        raise ValueError(
+            f"{key} are all zero ({dict(zip(names, ratios))}): no dataset could ever be drawn. "
+            "Give at least one training dataset a positive ratio (remove a dataset from "
+            "DATASETS.TRAIN rather than giving it 0 if it should not be trained on)."
+        )
+    if dataset_sizes is not None:
+        empty = [f"{name}={r}" for name, r, size in zip(names, ratios, dataset_sizes)
+                 if size <= 0 and float(r) > 0]
+        if empty:
+            raise ValueError(
+                f"{key} gives a positive ratio to empty datasets ({', '.join(empty)}): they "
+                "have no image to draw. Fix their registration or remove them from "
+                "DATASETS.TRAIN."
+            )
 
 
 class MultiDatasetSchedule:

@@ -17,10 +17,9 @@ from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from ..config import default_vocabulary_name
 from ..data.image_io import as_uint8_image
 from ..data.mappers.base import test_image_size
-from ..modeling.meta_arch import DaTaSeg
+from ..modeling.meta_arch import DaTaSeg, default_vocabulary_name
 from ..tasks import TASKS, get_task
 from ..text.vocabulary import normalize_class_name
 from ..utils.visualizer import visualization_metadata

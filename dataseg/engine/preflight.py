@@ -11,8 +11,9 @@ from typing import Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..config import check_sampling_ratios
 from ..data.builtin import adopt_detectron2_registration
+from ..data.sampler import check_sampling_ratios
+from ..evaluation import check_evaluator
 from ..text.vocabulary import validate_class_names
 
 __all__ = ["check_train_config", "check_test_datasets", "prepare_train_vocabularies"]
@@ -54,8 +55,6 @@ def check_test_datasets(cfg) -> None:
         FileNotFoundError, DatasetValidationError: its files are missing or inconsistent
             (the loader's own checks, run now).
     """
-    from ..evaluation import check_evaluator  # evaluation imports engine pieces
-
     for name in cfg.DATASETS.TEST:
         meta = MetadataCatalog.get(name)
         if not adopt_detectron2_registration(name) or meta.get("dataseg_task", None) is None:

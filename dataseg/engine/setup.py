@@ -9,6 +9,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_dataseg_config, check_dataseg_config, merge_dataseg_config_file
+from ..data.sampler import check_sampling_ratios
 
 __all__ = ["get_dataseg_cfg", "setup"]
 
@@ -19,7 +20,8 @@ def get_dataseg_cfg(config_file: str = "", opts=(), check: bool = True):
     Args:
         config_file: yaml path ("" keeps the defaults).
         opts: flat ``[KEY, VALUE, ...]`` list, as given on the command line.
-        check: run :func:`check_dataseg_config` (refuses non-DaTaSeg configs).
+        check: run :func:`check_dataseg_config` (refuses non-DaTaSeg configs) and the check
+            of the sampling ratios (``data.sampler.check_sampling_ratios``).
 
     ``MODEL.DEVICE`` "cuda" (detectron2's default) becomes "cpu" when no GPU is present.
     """
@@ -33,6 +35,7 @@ def get_dataseg_cfg(config_file: str = "", opts=(), check: bool = True):
         cfg.MODEL.DEVICE = "cpu"
     if check:
         check_dataseg_config(cfg)
+        check_sampling_ratios(cfg.DATALOADER.DATASEG.SAMPLING_RATIOS, cfg.DATASETS.TRAIN)
     return cfg
 
 

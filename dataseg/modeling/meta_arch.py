@@ -12,16 +12,16 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.structures import BitMasks, ImageList, PolygonMasks
 from detectron2.utils.events import get_event_storage
 
-from ..config import default_vocabulary_name
-from ..tasks import TASKS, get_task
+from ..tasks import TASKS, get_task, resolve_test_outputs
 from .criterion import CriterionContext, build_criterion
+from .fast_paths import check_fast_paths
+from .fast_paths.pointwise_conv import convert_pointwise_convs
 from .pixel_decoder import build_pixel_decoder
-from .pointwise_conv import convert_pointwise_convs
-from .postprocessing import TEST_OUTPUTS, image_outputs
+from .postprocessing import image_outputs
 from .text_classifier import build_classifier
 from .transformer_decoder import build_transformer_decoder
 
-__all__ = ["DaTaSeg", "inference_settings"]
+__all__ = ["DaTaSeg", "default_vocabulary_name", "inference_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ class DaTaSeg(nn.Module):
         panoptic_merge_stuff: judge the overlap of stuff per merged class segment
             (``postprocessing.panoptic_inference``).
         instances_per_image: top-k of instance inference.
-        cpu_pointwise_gemm: run the 1x1 convolutions as matrix products on CPU
-            (``convert_pointwise_convs``; same outputs and state dict).
+        fast_paths: ``MODEL.DATASEG.FAST_PATHS``; "auto" also runs the model's 1x1
+            convolutions as matrix products on CPU (``fast_paths.pointwise_conv``; same
+            outputs and state dict). The other parts read the key themselves.
         default_vocabulary: dataset whose vocabulary inference uses for inputs without a
             ``dataset_name`` (detectron2's ``DefaultPredictor`` sends none); "" = none.
     """
@@ -75,7 +76,7 @@ class DaTaSeg(nn.Module):
         overlap_threshold: float = 0.8,
         panoptic_merge_stuff: bool = True,
         instances_per_image: int = 100,
-        cpu_pointwise_gemm: bool = False,
+        fast_paths: str = "off",
         default_vocabulary: str = "",
     ):
         super().__init__()
@@ -84,7 +85,7 @@ class DaTaSeg(nn.Module):
         self.transformer_decoder = transformer_decoder
         self.classifier = classifier
         self.criterion = criterion
-        if cpu_pointwise_gemm:
+        if check_fast_paths(fast_paths) == "auto":
             convert_pointwise_convs(self)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
@@ -116,7 +117,7 @@ class DaTaSeg(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": d.SIZE_DIVISIBILITY,
             **inference_settings(cfg),
-            "cpu_pointwise_gemm": d.CPU_POINTWISE_GEMM,
+            "fast_paths": d.FAST_PATHS,
             "default_vocabulary": default_vocabulary_name(cfg),
         }
 
@@ -186,13 +187,8 @@ class DaTaSeg(nn.Module):
         if len(isthing) != len(classes):
             raise ValueError(
                 f"Dataset {name!r}: {len(isthing)} isthing flags for {len(classes)} classes.")
-        outputs = tuple(test_outputs) if test_outputs else spec.default_test_outputs
-        unknown = [o for o in outputs if o not in TEST_OUTPUTS]
-        if unknown:
-            raise ValueError(
-                f"Dataset {name!r}: unknown test outputs {unknown}; choose from {TEST_OUTPUTS}.")
         return {"classes": list(classes), "task": task, "isthing": isthing,
-                "test_outputs": outputs}
+                "test_outputs": resolve_test_outputs(task, test_outputs, name)}
 
     def dataset_info(self, name: str) -> dict:
         """Task, vocabulary, thing flags and test outputs the model uses for ``name``."""
@@ -341,6 +337,13 @@ class DaTaSeg(nn.Module):
                 info["isthing"], self.object_mask_threshold, self.overlap_threshold,
                 self.panoptic_merge_stuff, self.instances_per_image))
         return results
+
+
+def default_vocabulary_name(cfg) -> str:
+    """Vocabulary for inputs without a ``dataset_name``: ``MODEL.DATASEG.TEST.DEFAULT_VOCABULARY``,
+    else ``DATASETS.TEST[0]``, else "" (none)."""
+    return cfg.MODEL.DATASEG.TEST.DEFAULT_VOCABULARY or (
+        cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "")
 
 
 def inference_settings(cfg) -> dict:

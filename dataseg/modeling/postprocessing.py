@@ -28,10 +28,7 @@ __all__ = [
     "instance_inference",
     "masks_to_boxes",
     "image_outputs",
-    "TEST_OUTPUTS",
 ]
-
-TEST_OUTPUTS = ("sem_seg", "panoptic_seg", "instances")
 
 
 def resize_to_original(x: torch.Tensor, stride: int, image_size: Tuple[int, int],
@@ -251,7 +248,7 @@ def image_outputs(cls_logits, mask_logits, stride, image_size, out_size,
 
     Args:
         cls_logits, mask_logits, stride, image_size, out_size: see :func:`semantic_inference`.
-        outputs: keys among :data:`TEST_OUTPUTS`.
+        outputs: keys among ``dataseg.tasks.TEST_OUTPUTS``.
         is_thing: C thing flags (panoptic and instances).
         object_mask_threshold, overlap_threshold: see :func:`panoptic_inference`.
         panoptic_merge_stuff: ``merge_stuff`` of :func:`panoptic_inference`.

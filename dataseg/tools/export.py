@@ -16,7 +16,8 @@ cosine head, with the class embeddings as an INPUT, so one file scores any vocab
 * H, W and K are dynamic. Exporter: ``torch.onnx.export(dynamo=True)`` (``torch.export``
   traced graph translated by onnxscript), opset :data:`DEFAULT_OPSET`.
 
-The exported computations are the plain ones: per-level ``grid_sample`` deformable attention
+The exported computations are the plain ones (``fast_paths.plain_computations``): per-level
+``grid_sample`` deformable attention, per-head attention masks
 and 1x1 convolutions as convolutions, never the CPU fast paths of the eager model.
 Architecture keys, the text width, the padding, the exporter and the opset are stored in the
 file's ``metadata_props``; :class:`OnnxPredictor` refuses a file that does not match its
@@ -26,7 +27,6 @@ config. It runs the graph with onnxruntime and the project's own post-processing
 """
 
 import argparse
-import contextlib
 import copy
 import json
 import logging
@@ -38,7 +38,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from detectron2.data import transforms as T
-from detectron2.layers import Conv2d
 from torch import nn
 
 from ..engine.predictor import (
@@ -48,8 +47,7 @@ from ..engine.predictor import (
     resolve_vocabulary,
 )
 from ..modeling.meta_arch import inference_settings
-from ..modeling.ops import MSDeformAttn
-from ..modeling.pointwise_conv import PointwiseConv2d
+from ..modeling.fast_paths import plain_computations
 from ..modeling.postprocessing import image_outputs
 from ..modeling.text_classifier import vocabulary_weights
 from ..text import build_text_embedding_provider, reduce_synonym_scores
@@ -64,7 +62,6 @@ __all__ = [
     "export_onnx",
     "main",
     "onnx_session",
-    "plain_computations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,27 +132,6 @@ class ExportableNetwork(nn.Module):
         last = model.predict(x)[-1]
         class_logits = model.classifier.score(last["query_features"], text_embeddings)
         return class_logits[0], last["pred_masks"][0]
-
-
-@contextlib.contextmanager
-def plain_computations(model: nn.Module):
-    """Within the block, ``model`` runs its plain computations: per-level ``grid_sample``
-    deformable attention and 1x1 convolutions as convolutions (the CPU fast paths are
-    custom autograd functions and batched GEMMs that ONNX graphs should not carry). Same
-    parameters and outputs up to float rounding; restored on exit."""
-    attention = [(m, m.impl) for m in model.modules() if isinstance(m, MSDeformAttn)]
-    pointwise = [m for m in model.modules() if isinstance(m, PointwiseConv2d)]
-    try:
-        for m, _ in attention:
-            m.impl = "grid_sample"
-        for m in pointwise:
-            m.__class__ = Conv2d  # its norm / activation attributes are Conv2d's
-        yield model
-    finally:
-        for m, impl in attention:
-            m.impl = impl
-        for m in pointwise:
-            m.__class__ = PointwiseConv2d
 
 
 def _padding(model) -> Tuple[int, int]:

@@ -51,7 +51,7 @@ from dataseg.engine import DaTaSegPredictor, get_dataseg_cfg
 from dataseg.engine.checkpoint import local_weights_file
 from dataseg.text import match_class_names, normalize_class_name, parse_classes
 from dataseg.utils import draw_predictions
-from dataseg.utils.malloc import tune_malloc
+from dataseg.modeling.fast_paths.malloc import tune_malloc
 
 # demo task -> the model output it draws
 TASK_OUTPUTS = {"panoptic": "panoptic_seg", "semantic": "sem_seg", "instance": "instances"}
@@ -575,9 +575,10 @@ def _draw_frame(visualizer, rgb, predictions, task, score_threshold):
 
 def main(argv=None):
     args = parse_args(argv)
-    tune_malloc()  # CPU: reuse large freed blocks instead of page-faulting (opt-out: env)
     setup_logger(name="dataseg")
     cfg = get_dataseg_cfg(args.config_file, args.opts)
+    # CPU fast paths: reuse large freed blocks instead of page-faulting them in again.
+    tune_malloc(cfg.MODEL.DATASEG.FAST_PATHS, cfg.MODEL.DEVICE)
     classes, isthing = resolve_vocabulary(args)
     # Fail on a wrong path before loading the model. The inputs are listed once, before
     # anything is written: a drawing saved into an input folder is never read back.

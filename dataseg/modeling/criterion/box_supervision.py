@@ -21,7 +21,7 @@ from .box_losses import (
 )
 from .context import CriterionContext
 from .merge import MergeGroups
-from .supervision import LayerMatch
+from .supervision import LayerMatch, Supervision
 
 __all__ = ["BoxSupervision"]
 
@@ -34,7 +34,7 @@ class _BoxTargets:
     pair_similarity: Optional[torch.Tensor] = None
 
 
-class BoxSupervision:
+class BoxSupervision(Supervision):
     """Projection supervision of mask proposals by ground-truth boxes."""
 
     target_key = "boxes"
@@ -99,22 +99,22 @@ class BoxSupervision:
         pair_sim = self._color_similarity(context, w) if self.pairwise_enabled else None
         return _BoxTargets(projections, pair_sim)
 
-    @staticmethod
-    def layer_state(layer):
+    def layer_state(self, layer):
         # Max-projections of all proposals, computed once with grad and shared by matching
         # (detached) and the loss (matched rows).
         return mask_projections(layer["pred_masks"].float().flatten(0, 1))
 
-    @staticmethod
-    def cost_inputs(layer, state, groups: MergeGroups, prep: _BoxTargets):
-        return tuple(v.detach() for v in state)
+    def cost_inputs(self, layer, state, groups: MergeGroups, prep: _BoxTargets) -> List[tuple]:
+        """Every image's units' mask projections and its box projections:
+        ``(px (U_b, w), py (U_b, h), bx (K_b, w), by (K_b, h))``."""
+        px, py = (v.detach() for v in state)
+        offsets = groups.image_offsets()
+        return [(px[s:e], py[s:e], bx, by)
+                for s, e, (bx, by) in zip(offsets[:-1], offsets[1:], prep.projections)]
 
-    @staticmethod
-    def image_cost(matcher, inputs, start, end, image, class_log_probs, labels,
-                   prep: _BoxTargets) -> torch.Tensor:
-        px, py = inputs
-        bx, by = prep.projections[image]
-        return matcher.box_cost(class_log_probs, px[start:end], py[start:end], labels, bx, by)
+    def image_cost(self, matcher, image_inputs, class_log_probs, labels) -> torch.Tensor:
+        px, py, bx, by = image_inputs
+        return matcher.box_cost(class_log_probs, px, py, labels, bx, by)
 
     @staticmethod
     def _padded_size(targets, context, h, w):

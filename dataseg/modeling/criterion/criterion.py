@@ -2,7 +2,7 @@
 
 The skeleton (this file) is shared by every task: MERGE, matching, the class loss, deep
 supervision and normalisation. What depends on the kind of ground truth lives in two
-supervision objects with one interface (``MaskSupervision``, ``BoxSupervision``); the task
+``Supervision`` objects (``supervision.py``: ``MaskSupervision``, ``BoxSupervision``); the task
 table (``dataseg.tasks``) says which one a dataset's task uses.
 """
 
@@ -14,6 +14,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.utils import comm
 
+from ...config import check_per_dataset_list
 from ...tasks import get_task
 from ..registry import CRITERION_REGISTRY
 from .box_supervision import BoxSupervision
@@ -23,7 +24,7 @@ from .mask_supervision import MaskSupervision
 from .matcher import HungarianMatcher
 from .merge import anchored_groups, merge_class_log_probs, mergeable_classes, singleton_groups
 from .merge_first_design import group_by_class
-from .supervision import LayerMatch
+from .supervision import LayerMatch, Supervision
 
 __all__ = ["MergeCriterion", "build_criterion", "MERGE_CHOICES"]
 
@@ -113,13 +114,8 @@ class MergeCriterion(nn.Module):
             focal_alpha=c.FOCAL_ALPHA,
             focal_gamma=c.FOCAL_GAMMA,
         )
-        weights = list(c.DATASET_LOSS_WEIGHTS)
-        train = list(cfg.DATASETS.TRAIN)
-        if weights and len(weights) != len(train):
-            raise ValueError(
-                f"MODEL.DATASEG.CRITERION.DATASET_LOSS_WEIGHTS has {len(weights)} entries but "
-                f"DATASETS.TRAIN has {len(train)} ({train}); give one per dataset or none."
-            )
+        weights, train = list(c.DATASET_LOSS_WEIGHTS), list(cfg.DATASETS.TRAIN)
+        check_per_dataset_list("MODEL.DATASEG.CRITERION.DATASET_LOSS_WEIGHTS", weights, train)
         return {
             "matcher": matcher,
             "mask_supervision": MaskSupervision(cfg),
@@ -131,7 +127,7 @@ class MergeCriterion(nn.Module):
             "dataset_loss_weights": dict(zip(train, (float(w) for w in weights))),
         }
 
-    def supervision(self, task: str):
+    def supervision(self, task: str) -> Supervision:
         """The supervision object of ``task`` (from the task table)."""
         return self.box_supervision if get_task(task).box_supervised else self.mask_supervision
 
@@ -233,13 +229,13 @@ class MergeCriterion(nn.Module):
             clp = class_logp.detach()
             inputs = sup.cost_inputs(layer, state, groups, prep)
             unit_idx, gt_idx, gt_labels, pair_image, per_image = [], [], [], [], []
-            for b, t in enumerate(targets):
+            for b, (t, image_inputs) in enumerate(zip(targets, inputs)):
                 s, e = offsets[b], offsets[b + 1]
                 labels = t["labels"].to(logits.device)
                 if labels.numel() == 0 or e == s:
                     per_image.append(0)
                     continue
-                cost = sup.image_cost(self.matcher, inputs, s, e, b, clp[s:e], labels, prep)
+                cost = sup.image_cost(self.matcher, image_inputs, clp[s:e], labels)
                 rows, cols = self.matcher.assign(cost)
                 unit_idx.append(rows + s)
                 gt_idx.append(cols)

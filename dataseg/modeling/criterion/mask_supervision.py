@@ -16,23 +16,17 @@ from detectron2.projects.point_rend.point_features import (
     point_sample,
 )
 
-from .losses import (
-    compiled_sigmoid_focal_dice_loss,
-    dice_loss,
-    focal_loss,
-    sigmoid_focal_dice_loss,
-)
-from .merge import MergeGroups, PointProbs, merge_mask_logits, scatter_logsumexp
-from .merge_first_design import clamped_sum_logits, clamped_sum_probs
-from .point_sampling import (
+from ..fast_paths import check_fast_paths, use_fast_paths
+from ..fast_paths.grid_point_sampler import (
     PixelPoints,
-    read_mask_pixels,
-    sample_binary_masks,
     sample_logits_at_pixels,
-    sample_shared_points,
     sample_uncertain_pixels,
 )
-from .supervision import LayerMatch
+from .losses import dice_loss, focal_loss, sigmoid_focal_dice_loss
+from .merge import MergeGroups, PointProbs, merge_mask_logits, scatter_logsumexp
+from .merge_first_design import clamped_sum_logits, clamped_sum_probs
+from .point_sampling import read_mask_pixels, sample_binary_masks, sample_shared_points
+from .supervision import LayerMatch, Supervision
 
 __all__ = ["MaskSupervision"]
 
@@ -55,15 +49,19 @@ class _MaskTargets:
     gt_points: List[torch.Tensor]  # per image (K_b, P)
 
 
-class _UnitLogits(NamedTuple):
-    """Point logits (U, P) of units that are single proposals (matching-cost input)."""
+class _ImageCostInputs(NamedTuple):
+    """One image's matching inputs: its units at the matching points, either as point
+    logits (U_b, P) when every unit is one proposal, or as merged ``PointProbs``; and its
+    ground truth at the same points (K_b, P)."""
 
-    logits: torch.Tensor
+    unit_logits: Optional[torch.Tensor]
+    unit_probs: Optional[PointProbs]
+    gt_points: torch.Tensor
 
 
 @dataclass
 class _LossPoints:
-    """The loss points of M pairs: ground-truth pixels (grid sampler) or continuous points."""
+    """The loss points of M pairs: continuous points, or ground-truth pixels (fast path)."""
 
     pixels: Optional[PixelPoints] = None
     coords: Optional[torch.Tensor] = None  # (M, P, 2) in [0, 1]
@@ -76,11 +74,14 @@ class _LossPoints:
         return point_sample(member_logits[:, None], coords, align_corners=False)[:, 0]
 
 
-class MaskSupervision:
+class MaskSupervision(Supervision):
     """Focal + dice supervision of (merged) mask proposals by ground-truth masks.
 
     Matching costs use ``num_points`` random points shared by all units and layers; losses
-    use PointRend importance sampling per matched pair (``point_sampler``).
+    use PointRend importance sampling per matched pair, as Mask2Former does. The CPU fast
+    paths (``fast_paths``) place the loss points on ground-truth pixel centres
+    (``fast_paths.grid_point_sampler``), read the ground truth at the nearest pixel and run
+    the fused point losses (``fast_paths.point_losses``).
     """
 
     target_key = "masks"
@@ -97,9 +98,7 @@ class MaskSupervision:
         num_points: int = 12544,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
-        gt_sample_mode: str = "nearest",
-        point_sampler: str = "grid",
-        compile_point_losses: bool = False,
+        fast_paths: str = "off",
     ):
         """
         Args:
@@ -111,26 +110,14 @@ class MaskSupervision:
             num_points, oversample_ratio, importance_sample_ratio: point sampling of the mask
                 losses (PointRend importance sampling); ``num_points`` shared points also
                 estimate the matching cost.
-            gt_sample_mode: how ground-truth masks (4x the prediction resolution) are read at
-                continuous points (the matching points, and the loss points of the
-                "detectron2" sampler): "nearest" (default: one byte read per point, 4x
-                cheaper) or "bilinear" (= ``point_sample`` of the float masks, as Mask2Former).
-            point_sampler: importance sampling of the loss points: "grid" (default,
-                ``sample_uncertain_pixels``: the same uncertain region, points at
-                ground-truth pixel centres, several times faster on CPU) or "detectron2"
-                (``get_uncertain_point_coords_with_randomness``, continuous points).
-            compile_point_losses: run the focal + dice of single proposals through
-                ``torch.compile`` (``compiled_sigmoid_focal_dice_loss``): ~18 % less criterion
-                time on CPU after a one-off compilation; needs a C++ compiler.
+            fast_paths: ``MODEL.DATASEG.FAST_PATHS``. Plain (Mask2Former): loss points from
+                ``get_uncertain_point_coords_with_randomness``, ground-truth masks (4x the
+                prediction resolution) read bilinearly at continuous points (=
+                ``point_sample`` of the float masks). "auto" on CPU: loss points at
+                ground-truth pixel centres (``sample_uncertain_pixels``: the same uncertain
+                region, several times faster), ground truth read at the nearest pixel (one
+                byte per point, 4x cheaper) and the fused point losses.
         """
-        if gt_sample_mode not in ("nearest", "bilinear"):
-            raise ValueError(
-                "MODEL.DATASEG.CRITERION.GT_SAMPLE_MODE must be 'nearest' or 'bilinear', got "
-                f"{gt_sample_mode!r}")
-        if point_sampler not in ("grid", "detectron2"):
-            raise ValueError(
-                "MODEL.DATASEG.CRITERION.POINT_SAMPLER must be 'grid' or 'detectron2', got "
-                f"{point_sampler!r}")
         self.first_merge_design = first_merge_design
         self.focal_weight = focal_weight
         self.dice_weight = dice_weight
@@ -139,10 +126,7 @@ class MaskSupervision:
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
-        self.gt_sample_mode = gt_sample_mode
-        self.point_sampler = point_sampler
-        self._point_loss = (compiled_sigmoid_focal_dice_loss() if compile_point_losses
-                            else sigmoid_focal_dice_loss)
+        self.fast_paths = check_fast_paths(fast_paths)
 
     @classmethod
     def from_config(cls, cfg):
@@ -156,18 +140,18 @@ class MaskSupervision:
             "num_points": c.TRAIN_NUM_POINTS,
             "oversample_ratio": c.OVERSAMPLE_RATIO,
             "importance_sample_ratio": c.IMPORTANCE_SAMPLE_RATIO,
-            "gt_sample_mode": c.GT_SAMPLE_MODE,
-            "point_sampler": c.POINT_SAMPLER,
-            "compile_point_losses": c.COMPILE_POINT_LOSSES,
+            "fast_paths": cfg.MODEL.DATASEG.FAST_PATHS,
         }
 
     def prepare(self, outputs, targets, context) -> _MaskTargets:
         """Matching points and the ground truth at them, shared by every layer."""
         device = outputs["pred_logits"].device
         coords = torch.rand(self.num_points, 2, device=device)
+        # Mask2Former reads the float masks bilinearly; the fast path reads one byte per point.
+        mode = "nearest" if use_fast_paths(self.fast_paths, outputs["pred_masks"]) else "bilinear"
         gt_points = [
             sample_binary_masks(t["masks"], torch.arange(len(t["masks"]), device=device),
-                                coords, self.gt_sample_mode)
+                                coords, mode)
             for t in targets
         ]
         return _MaskTargets(coords, gt_points)
@@ -176,29 +160,36 @@ class MaskSupervision:
         return None
 
     @torch.no_grad()
-    def cost_inputs(self, layer, state, groups: MergeGroups, prep: _MaskTargets):
-        """Every unit at the matching points: ``_UnitLogits`` when no unit is merged (the
-        anchored matching, MERGE off), else the (merged) ``PointProbs``."""
+    def cost_inputs(self, layer, state, groups: MergeGroups, prep: _MaskTargets
+                    ) -> List[_ImageCostInputs]:
+        """Every image's units at the matching points: point logits when no unit is merged
+        (the anchors of the anchored matching, MERGE off), else the (merged) ``PointProbs``."""
         point_logits = sample_shared_points(layer["pred_masks"].detach().float(), prep.coords)
         point_logits = point_logits.flatten(0, 1)
+        logits = probs = None
         if not groups.has_merges:
             identity = bool((groups.unit_rep == torch.arange(
                 groups.num_units, device=groups.unit_rep.device)).all())
-            return _UnitLogits(point_logits if identity else point_logits[groups.unit_rep])
-        if self.first_merge_design:
-            return clamped_sum_logits(
+            logits = point_logits if identity else point_logits[groups.unit_rep]
+        elif self.first_merge_design:
+            probs = clamped_sum_logits(
                 point_logits, groups.unit_of_query, groups.num_units,
                 single_member=groups.unit_size == 1, unit_rep_member=groups.unit_rep)
-        return merge_mask_logits(point_logits, groups.unit_of_query, groups.num_units)
+        else:
+            probs = merge_mask_logits(point_logits, groups.unit_of_query, groups.num_units)
+        offsets = groups.image_offsets()
+        return [_ImageCostInputs(
+            None if logits is None else logits[s:e],
+            None if probs is None else PointProbs(*(v[s:e] for v in probs)),
+            gt) for s, e, gt in zip(offsets[:-1], offsets[1:], prep.gt_points)]
 
-    @staticmethod
-    def image_cost(matcher, inputs, start, end, image, class_log_probs, labels,
-                   prep: _MaskTargets) -> torch.Tensor:
-        if isinstance(inputs, _UnitLogits):
+    def image_cost(self, matcher, image_inputs: _ImageCostInputs, class_log_probs, labels
+                   ) -> torch.Tensor:
+        if image_inputs.unit_logits is not None:
             return matcher.mask_cost_from_logits(
-                class_log_probs, inputs.logits[start:end], labels, prep.gt_points[image])
-        unit_pp = PointProbs(*(v[start:end] for v in inputs))
-        return matcher.mask_cost(class_log_probs, unit_pp, labels, prep.gt_points[image])
+                class_log_probs, image_inputs.unit_logits, labels, image_inputs.gt_points)
+        return matcher.mask_cost(class_log_probs, image_inputs.unit_probs, labels,
+                                 image_inputs.gt_points)
 
     def losses(self, layer, state, match: LayerMatch, targets, prep, norm, context
                ) -> Dict[str, torch.Tensor]:
@@ -208,6 +199,7 @@ class MaskSupervision:
         if M == 0:
             zero = masks.sum() * 0.0
             return {"loss_focal": zero, "loss_dice": zero}
+        fast = use_fast_paths(self.fast_paths, masks)
         groups = match.groups
         flat_masks = masks.flatten(0, 1)
         if groups.has_merges:
@@ -238,20 +230,21 @@ class MaskSupervision:
             else:
                 source = scatter_logsumexp(member_logits.float(), member_pair, M)
                 uncertainty_fn = _logit_uncertainty
-            points, gt_points = self._sample_points(source, uncertainty_fn, match, targets)
+            points, gt_points = self._sample_points(source, uncertainty_fn, match, targets, fast)
             del source
         point_logits = points.sample(member_logits, member_pair)  # (Nm, P)
         if member_pair is None:
-            focal, dice = self._point_loss(
-                point_logits, gt_points, self.focal_alpha, self.focal_gamma)
+            focal, dice = sigmoid_focal_dice_loss(
+                point_logits, gt_points, self.focal_alpha, self.focal_gamma, fast)
             focal, dice = focal.sum(), dice.sum()
         else:
             focal, dice = self._merged_point_losses(
-                point_logits, member_pair, groups.unit_size[match.unit_idx] == 1, gt_points)
+                point_logits, member_pair, groups.unit_size[match.unit_idx] == 1, gt_points,
+                fast)
         return {"loss_focal": self.focal_weight * focal / norm,
                 "loss_dice": self.dice_weight * dice / norm}
 
-    def _merged_point_losses(self, point_logits, member_pair, single_pair, gt_points):
+    def _merged_point_losses(self, point_logits, member_pair, single_pair, gt_points, fast):
         """Summed focal and dice losses of a layer whose units include merged ones.
 
         Single-proposal units take the logits path; merged units merge their members'
@@ -261,9 +254,9 @@ class MaskSupervision:
         single_member = single_pair[member_pair]
         focal = dice = point_logits.sum() * 0.0
         if bool(single_member.any()):
-            f, d = self._point_loss(
+            f, d = sigmoid_focal_dice_loss(
                 point_logits[single_member], gt_points[member_pair[single_member]],
-                self.focal_alpha, self.focal_gamma)
+                self.focal_alpha, self.focal_gamma, fast)
             focal, dice = focal + f.sum(), dice + d.sum()
         merged_pairs = (~single_pair).nonzero().squeeze(1)
         if merged_pairs.numel():
@@ -272,24 +265,25 @@ class MaskSupervision:
             if not self.first_merge_design:
                 merged = scatter_logsumexp(
                     point_logits[rows], compact[member_pair[rows]], merged_pairs.numel())
-                f, d = self._point_loss(
-                    merged, gt_points[merged_pairs], self.focal_alpha, self.focal_gamma)
+                f, d = sigmoid_focal_dice_loss(
+                    merged, gt_points[merged_pairs], self.focal_alpha, self.focal_gamma, fast)
                 return focal + f.sum(), dice + d.sum()
             pp = clamped_sum_logits(point_logits[rows], compact[member_pair[rows]],
-                                    merged_pairs.numel())
+                                    merged_pairs.numel(), fast=fast)
             targets = gt_points[merged_pairs].to(pp.prob.dtype)
-            focal = focal + focal_loss(pp, targets, self.focal_alpha, self.focal_gamma).sum()
+            focal = focal + focal_loss(
+                pp, targets, self.focal_alpha, self.focal_gamma, fast).sum()
             dice = dice + dice_loss(pp.prob, targets).sum()
         return focal, dice
 
-    def _sample_points(self, source, uncertainty_fn, match: LayerMatch, targets):
+    def _sample_points(self, source, uncertainty_fn, match: LayerMatch, targets, fast: bool):
         """Loss points of every matched pair and the ground truth at them.
 
         Returns ``(points, gt_points)``: a ``_LossPoints`` (M pairs x P points) and the
-        (M, P) targets (uint8 on pixel centres, float for the detectron2 sampler).
+        (M, P) targets (float at continuous points; uint8 at pixel centres, the fast path).
         """
         gt_masks = [t["masks"] for t in targets]
-        if self.point_sampler == "grid":
+        if fast:
             gt_size = tuple(gt_masks[0].shape[-2:])
             if any(tuple(m.shape[-2:]) != gt_size for m in gt_masks):
                 raise ValueError(
@@ -311,7 +305,7 @@ class MaskSupervision:
                 self.importance_sample_ratio,
             )
             read = lambda b, rows: sample_binary_masks(  # noqa: E731
-                gt_masks[b], match.gt_idx[rows], coords[rows], self.gt_sample_mode)
+                gt_masks[b], match.gt_idx[rows], coords[rows], "bilinear")
             points = _LossPoints(coords=coords)
         gt_points, start = [], 0
         for b, n in enumerate(match.pairs_per_image):

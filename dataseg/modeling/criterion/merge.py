@@ -43,6 +43,7 @@ import torch
 from torch.nn import functional as F
 
 from ...tasks import get_task
+from ..fast_paths.point_losses import fused_sigmoid_with_logs
 
 __all__ = [
     "MergeGroups",
@@ -148,52 +149,24 @@ def mergeable_classes(task: str, is_thing: Optional[torch.Tensor], num_classes: 
 # ------------------------------------------------------------------------------------------
 
 
-def _sigmoid_with_logs_values(x: torch.Tensor):
-    # log(1 + e) instead of log1p(e): log1p is not vectorised on CPU either; the absolute
-    # error (< 1.2e-7, where e < eps) is far below what the losses resolve.
-    log_p = x.clamp(max=0.0) - torch.log(1.0 + torch.exp(-x.abs()))
-    return torch.sigmoid(x), log_p, log_p - x
-
-
-class _SigmoidWithLogs(torch.autograd.Function):
-    """The three outputs with a closed-form backward that keeps only sigmoid(x).
-
-    Autograd through the formula keeps ~6 (N, P) intermediates (clamp mask, exp, abs, ...)
-    per decoder layer until backward; here d/dx is ``s(1-s) g_s + (1-s) g_logp - s g_log1mp``.
-    """
-
-    @staticmethod
-    def forward(ctx, x):
-        prob, log_p, log_1mp = _sigmoid_with_logs_values(x)
-        ctx.save_for_backward(prob)
-        return prob, log_p, log_1mp
-
-    @staticmethod
-    def backward(ctx, g_prob, g_log_p, g_log_1mp):
-        (s,) = ctx.saved_tensors
-        grad = torch.zeros_like(s)
-        if g_prob is not None:
-            grad.addcmul_(g_prob, s * (1.0 - s))
-        if g_log_p is not None:
-            grad.addcmul_(g_log_p, 1.0 - s)
-        if g_log_1mp is not None:
-            grad.addcmul_(g_log_1mp, s, value=-1.0)
-        return grad
-
-
-def sigmoid_with_logs(x: torch.Tensor):
+def sigmoid_with_logs(x: torch.Tensor, fast: bool = False):
     """(sigmoid(x), log sigmoid(x), log(1 - sigmoid(x))), numerically stable.
 
     Built from vectorised exp/log because ``F.logsigmoid`` (and ``log1p``) have slow scalar
     CPU kernels (several times slower than this on 2.5M points), and
-    ``log(1 - sigmoid(x)) = log sigmoid(x) - x``
-    gives the second log for one subtraction. With gradients, a fused autograd function
-    keeps only ``sigmoid(x)`` for backward (same gradient as autograd through the formula,
-    tested).
+    ``log(1 - sigmoid(x)) = log sigmoid(x) - x`` gives the second log for one subtraction.
+    ``log(1 + e)`` stands for ``log1p(e)``: the absolute error (< 1.2e-7, where e < eps) is
+    far below what the losses resolve.
+
+    Args:
+        x: logits of any shape.
+        fast: with gradients, run ``fast_paths.point_losses.fused_sigmoid_with_logs``, which
+            keeps only ``sigmoid(x)`` for backward.
     """
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _SigmoidWithLogs.apply(x)
-    return _sigmoid_with_logs_values(x)
+    if fast and torch.is_grad_enabled() and x.requires_grad:
+        return fused_sigmoid_with_logs(x)
+    log_p = x.clamp(max=0.0) - torch.log(1.0 + torch.exp(-x.abs()))
+    return torch.sigmoid(x), log_p, log_p - x
 
 
 def _scatter_sum(values: torch.Tensor, index: torch.Tensor, num: int) -> torch.Tensor:

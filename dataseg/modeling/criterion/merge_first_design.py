@@ -72,6 +72,7 @@ def clamped_sum_logits(
     num_units: int,
     single_member: Optional[torch.Tensor] = None,
     unit_rep_member: Optional[torch.Tensor] = None,
+    fast: bool = False,
 ) -> PointProbs:
     """:func:`clamped_sum_probs` of member LOGITS (N, ...) with the logs the losses take (U, ...).
 
@@ -86,6 +87,7 @@ def clamped_sum_logits(
         single_member: optional bool (U,) units with exactly one member; computed if None.
         unit_rep_member: optional int64 (U,) index into the N members of one member per
             unit; computed if None.
+        fast: the fused ``sigmoid_with_logs`` (``MODEL.DATASEG.FAST_PATHS`` on CPU).
     """
     x = member_logits.float()
     if single_member is None:
@@ -94,7 +96,7 @@ def clamped_sum_logits(
         # Nothing merged: the units are the members (in unit order).
         order = torch.empty_like(unit_of_member)
         order[unit_of_member] = torch.arange(unit_of_member.numel(), device=x.device)
-        return PointProbs(*sigmoid_with_logs(x[order]))
+        return PointProbs(*sigmoid_with_logs(x[order], fast))
     if unit_rep_member is None:
         ids = torch.arange(unit_of_member.numel(), device=x.device)
         unit_rep_member = torch.full((num_units,), unit_of_member.numel(), device=x.device)
@@ -102,7 +104,7 @@ def clamped_sum_logits(
     # Single-member rows get their exact logs; only merged rows use the floored logs.
     single_rows = single_member.nonzero().squeeze(1)
     merged_rows = (~single_member).nonzero().squeeze(1)
-    _, rep_log_p, rep_log_1mp = sigmoid_with_logs(x[unit_rep_member[single_rows]])
+    _, rep_log_p, rep_log_1mp = sigmoid_with_logs(x[unit_rep_member[single_rows]], fast)
 
     def assemble(single_part, merged_part):
         out = single_part.new_empty((num_units,) + single_part.shape[1:])

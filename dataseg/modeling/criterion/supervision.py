@@ -1,13 +1,22 @@
-"""What ``MergeCriterion`` shares with its two supervisions: the per-layer match record."""
+"""The interface between ``MergeCriterion`` and its supervisions, and the per-layer match record.
 
+``MergeCriterion`` does what every task shares (MERGE, Hungarian matching, the class loss,
+deep supervision, normalisation); what depends on the kind of ground truth is a
+:class:`Supervision`: ``MaskSupervision`` (masks: panoptic, semantic, instance) and
+``BoxSupervision`` (boxes). The task table (``dataseg.tasks``) says which one a task uses.
+"""
+
+import abc
 from dataclasses import dataclass
-from typing import List
+from typing import Any, Dict, List
 
 import torch
 
+from .context import CriterionContext
+from .matcher import HungarianMatcher
 from .merge import MergeGroups
 
-__all__ = ["LayerMatch"]
+__all__ = ["LayerMatch", "Supervision"]
 
 
 @dataclass
@@ -31,3 +40,43 @@ class LayerMatch:
     gt_labels: torch.Tensor
     pair_image: torch.Tensor
     pairs_per_image: List[int]
+
+
+class Supervision(abc.ABC):
+    """How one kind of ground truth prices and trains the (merged) mask proposals.
+
+    For a batch, ``MergeCriterion`` calls :meth:`prepare` once, then for every supervised
+    decoder layer :meth:`layer_state`, :meth:`cost_inputs` and, image by image,
+    :meth:`image_cost` (the Hungarian matching), and finally :meth:`losses` of the layer's
+    matched pairs.
+
+    Attributes:
+        target_key: the key every target dict must carry (``"masks"`` or ``"boxes"``).
+    """
+
+    target_key: str
+
+    @abc.abstractmethod
+    def prepare(self, outputs: Dict, targets: List[Dict], context: CriterionContext) -> Any:
+        """Ground truth in the form this supervision compares, shared by every layer."""
+
+    @abc.abstractmethod
+    def layer_state(self, layer: Dict) -> Any:
+        """What the layer's matching and losses both use (computed once, with grad), or None."""
+
+    @abc.abstractmethod
+    def cost_inputs(self, layer: Dict, state: Any, groups: MergeGroups, prep: Any) -> List:
+        """The matching inputs of every image (no grad): entry ``b`` holds image ``b``'s units
+        (``groups.image_offsets()``) and its ground truth."""
+
+    @abc.abstractmethod
+    def image_cost(self, matcher: HungarianMatcher, image_inputs: Any,
+                   class_log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(U_b, K_b) matching cost of one image's units (``class_log_probs`` (U_b, C+1)) and
+        its ground truth (``labels`` (K_b,))."""
+
+    @abc.abstractmethod
+    def losses(self, layer: Dict, state: Any, match: LayerMatch, targets: List[Dict], prep: Any,
+               norm: torch.Tensor, context: CriterionContext) -> Dict[str, torch.Tensor]:
+        """The weighted losses of the layer's matched pairs, divided by ``norm`` (the number
+        of ground-truth segments); zero with a gradient path when nothing is matched."""

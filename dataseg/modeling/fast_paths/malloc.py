@@ -1,4 +1,5 @@
-"""Allocator tuning for CPU runs (one of the CPU fast paths of docs/benchmarks.md).
+"""Allocator tuning for CPU runs (the process-level CPU fast path; its plain counterpart is
+glibc's default thresholds).
 
 glibc serves allocations above ``M_MMAP_THRESHOLD`` (dynamic, at most 32 MB by default) with
 fresh ``mmap`` pages and returns freed heap tops to the OS above ``M_TRIM_THRESHOLD``. The
@@ -15,11 +16,9 @@ import logging
 import os
 import sys
 
-__all__ = ["tune_malloc", "MALLOC_OPT_OUT_ENV"]
+__all__ = ["tune_malloc"]
 
 logger = logging.getLogger(__name__)
-
-MALLOC_OPT_OUT_ENV = "DATASEG_NO_MALLOC_TUNING"
 
 # mallopt() parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -50,14 +49,16 @@ def _glibc():
     return libc
 
 
-def tune_malloc(force: bool = False) -> bool:
+def tune_malloc(fast_paths: str = "auto", device: str = "cpu", force: bool = False) -> bool:
     """Raise glibc's mmap / trim thresholds so large freed blocks are reused, not unmapped.
 
-    Call it once, early (before the model allocates). It is a no-op on non-glibc platforms
-    and when the environment variable ``DATASEG_NO_MALLOC_TUNING=1`` is set. Values set by
-    the user through ``MALLOC_MMAP_THRESHOLD_`` etc. are left alone.
+    Call it once, early (before the model allocates), with the run's
+    ``MODEL.DATASEG.FAST_PATHS`` and ``MODEL.DEVICE``: it applies to the CPU fast paths on CPU
+    and is a no-op otherwise and on non-glibc platforms. Values set by the user through
+    ``MALLOC_MMAP_THRESHOLD_`` etc. are left alone.
 
     Args:
+        fast_paths, device: the config's values.
         force: apply again even if an earlier call already did (tests).
 
     Returns:
@@ -66,7 +67,7 @@ def tune_malloc(force: bool = False) -> bool:
     global _tuned
     if _tuned is not None and not force:
         return _tuned
-    if os.environ.get(MALLOC_OPT_OUT_ENV, "").strip() not in ("", "0"):
+    if fast_paths != "auto" or str(device).split(":")[0] != "cpu":
         _tuned = False
         return False
     libc = _glibc()

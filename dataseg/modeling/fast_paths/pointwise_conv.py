@@ -1,17 +1,19 @@
-"""1x1 convolutions as batched matrix products on CPU.
+"""1x1 convolutions as batched matrix products on CPU (a fast path of ``nn.Conv2d``).
 
 PyTorch runs CPU convolutions through oneDNN, whose 1x1 kernels reach a fraction of the
 machine's GEMM rate at the shapes of ResNet stages and of the pixel decoder's stride-4 maps.
 Measured at 2 threads, batch 2, 256 -> 256 channels at 128x128: 65 ms forward and 191 ms
 forward + backward as a convolution, 35 and 95 ms as one ``baddbmm``. A 1x1 convolution IS a
 matrix product over the channels, so this is the same arithmetic (equal up to float rounding;
-``tests/test_perf_pointwise_conv.py``), with the same parameters and state dict. In the R50
+``tests/modeling/test_fast_paths.py``), with the same parameters and state dict. In the R50
 model this saves ~0.6 s of a 9 s training step (batch 2, 512x512).
 """
 
 import torch
 from torch import nn
 from detectron2.layers import Conv2d
+
+from . import use_fast_paths
 
 __all__ = ["pointwise_conv2d", "PointwiseConv2d", "convert_pointwise_convs"]
 
@@ -36,12 +38,15 @@ def pointwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias=None, stride=(1
 class PointwiseConv2d(Conv2d):
     """A detectron2 ``Conv2d`` with a 1x1 kernel that runs as ``pointwise_conv2d`` on CPU.
 
-    On other devices it is the convolution. Made by ``convert_pointwise_convs``, which keeps
-    the module's parameters, buffers, norm and activation.
+    On other devices, or with ``fast_paths`` "off", it is the convolution. Made by
+    ``convert_pointwise_convs``, which keeps the module's parameters, buffers, norm and
+    activation.
     """
 
+    fast_paths = "auto"
+
     def forward(self, x):
-        if x.device.type != "cpu" or x.numel() == 0:
+        if not use_fast_paths(self.fast_paths, x) or x.numel() == 0:
             return super().forward(x)
         x = pointwise_conv2d(x, self.weight, self.bias, self.stride)
         if self.norm is not None:

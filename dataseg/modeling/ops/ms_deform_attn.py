@@ -14,39 +14,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .ms_deform_attn_func import MSDA_IMPLEMENTATIONS, ms_deform_attn
+from ..fast_paths import check_fast_paths, use_fast_paths
+from ..fast_paths.msda_embedding_bag import ms_deform_attn_embedding_bag
+from .ms_deform_attn_func import ms_deform_attn_grid_sample
 
-__all__ = ["MSDeformAttn", "resolve_msda_impl"]
-
-# Names accepted in MODEL.DATASEG.PIXEL_DECODER.MSDA_IMPL besides the implementation names.
-_ALIASES = {"pytorch": "embedding_bag"}
-
-# What "auto" selects per device type. The embedding-bag path (int32 CSR sampled_addmm in
-# backward, float64 index arithmetic) is only verified on CPU; every other device gets the
-# grid_sample reference, which works wherever F.grid_sample does, until a run on that
-# device has checked the fast path (tests/test_gpu_paths.py does on CUDA).
-_AUTO_BY_DEVICE_TYPE = {"cpu": "embedding_bag"}
-_AUTO_DEFAULT = "grid_sample"
+__all__ = ["MSDeformAttn", "ms_deform_attn"]
 
 
-def resolve_msda_impl(name: str, device=None) -> str:
-    """Map a configured implementation name to one of ``MSDA_IMPLEMENTATIONS``.
-
-    ``"auto"`` chooses by ``device`` (a ``torch.device`` or its name): the embedding-bag
-    path on CPU, the grid_sample reference on any other device; without a device it names
-    the CPU choice (construction-time validation). ``"pytorch"`` and the implementation
-    names select that path on every device.
-    """
-    name = _ALIASES.get(name, name)
-    if name == "auto":
-        device_type = "cpu" if device is None else torch.device(device).type
-        return _AUTO_BY_DEVICE_TYPE.get(device_type, _AUTO_DEFAULT)
-    if name not in MSDA_IMPLEMENTATIONS:
-        raise ValueError(
-            f"MSDA_IMPL {name!r} is unknown; use 'auto', 'pytorch' or one of "
-            f"{sorted(MSDA_IMPLEMENTATIONS)}."
-        )
-    return name
+def ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights, fast: bool):
+    """The sampling of ``MSDeformAttn`` (shapes: ``ops.ms_deform_attn_func``): the plain
+    per-level ``grid_sample``, or its embedding-bag fast path when ``fast``."""
+    if fast:
+        return ms_deform_attn_embedding_bag(value, spatial_shapes, sampling_locations,
+                                            attention_weights)
+    return ms_deform_attn_grid_sample(value, spatial_shapes, sampling_locations,
+                                      attention_weights)
 
 
 class MSDeformAttn(nn.Module):
@@ -57,17 +39,18 @@ class MSDeformAttn(nn.Module):
         n_levels: number of feature levels L.
         n_heads: attention heads M (``d_model`` must be divisible by it).
         n_points: sampling points P per head and level.
-        impl: "auto", "pytorch", "embedding_bag" or "grid_sample" (see ``resolve_msda_impl``).
+        fast_paths: ``MODEL.DATASEG.FAST_PATHS``: "auto" samples with the embedding-bag fast
+            path on CPU (``fast_paths.msda_embedding_bag``), "off" with the plain per-level
+            ``grid_sample`` (``ops.ms_deform_attn_grid_sample``) everywhere.
     """
 
-    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, impl="auto"):
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, fast_paths="off"):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
         self.d_model, self.n_levels, self.n_heads, self.n_points = (
             d_model, n_levels, n_heads, n_points)
-        self.impl = impl
-        resolve_msda_impl(impl)  # fail at construction, not at the first forward
+        self.fast_paths = check_fast_paths(fast_paths)
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -123,6 +106,5 @@ class MSDeformAttn(nn.Module):
             [[w, h] for h, w in shapes], device=query.device, dtype=query.dtype
         ).view(1, 1, 1, L, 1, 2)
         locations = reference_points[:, :, None, :, None, :] + offsets / normaliser
-        impl = resolve_msda_impl(self.impl, query.device)
-        out = ms_deform_attn(v, shapes, locations, weights, impl=impl)
+        out = ms_deform_attn(v, shapes, locations, weights, use_fast_paths(self.fast_paths, v))
         return self.output_proj(out)

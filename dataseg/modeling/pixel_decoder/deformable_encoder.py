@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..fast_paths import use_fast_paths
 from ..ops import MSDeformAttn
 
 __all__ = ["DeformableEncoderLayer", "DeformableEncoder"]
@@ -23,18 +24,20 @@ class DeformableEncoderLayer(nn.Module):
     """Post-norm layer: multi-scale deformable self-attention, then a ReLU FFN.
 
     Args:
-        d_model, n_levels, n_heads, n_points, impl: see ``MSDeformAttn``.
+        d_model, n_levels, n_heads, n_points: see ``MSDeformAttn``.
         dim_feedforward: FFN hidden width.
         dropout: dropout after attention and inside the FFN.
-        recompute_ffn: in training, keep only the FFN's input for backward and recompute
-            its hidden activation (the layer's largest, 4x the model width) there.
+        fast_paths: ``MODEL.DATASEG.FAST_PATHS``. "auto" on CPU: the attention's
+            embedding-bag path, and in training the FFN keeps only its input for backward
+            and recomputes its hidden activation (the layer's largest, 4x the model width)
+            there, for less memory at the same values (one of the CPU fast paths,
+            ``dataseg.modeling.fast_paths``).
     """
 
     def __init__(self, d_model=256, dim_feedforward=1024, dropout=0.0, n_levels=3,
-                 n_heads=8, n_points=4, impl="auto", recompute_ffn=False):
+                 n_heads=8, n_points=4, fast_paths="off"):
         super().__init__()
-        self.recompute_ffn = recompute_ffn
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, impl=impl)
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, fast_paths=fast_paths)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -44,7 +47,8 @@ class DeformableEncoderLayer(nn.Module):
     def forward(self, src, pos, reference_points, spatial_shapes):
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes)
         src = self.norm1(src + self.dropout(attn))
-        if self.recompute_ffn and torch.is_grad_enabled() and src.requires_grad:
+        if (use_fast_paths(self.self_attn.fast_paths, src) and torch.is_grad_enabled()
+                and src.requires_grad):
             ffn = checkpoint(self._ffn, src, use_reentrant=False)
         else:
             ffn = self._ffn(src)

@@ -57,8 +57,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         norm: norm of the projection/FPN convs ("GN", "BN", "" ...).
         num_encoder_layers, nheads, num_points, dim_feedforward, dropout: encoder shape.
         common_stride: stride of the mask features.
-        msda_impl: deformable-attention implementation (see ``ops.resolve_msda_impl``).
-        recompute_ffn: recompute the encoder FFNs in backward (see ``DeformableEncoderLayer``).
+        fast_paths: ``MODEL.DATASEG.FAST_PATHS`` of the encoder layers (see
+            ``DeformableEncoderLayer``).
     """
 
     @configurable
@@ -77,8 +77,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         dim_feedforward: int = 1024,
         dropout: float = 0.0,
         common_stride: int = 4,
-        msda_impl: str = "auto",
-        recompute_ffn: bool = False,
+        fast_paths: str = "off",
     ):
         super().__init__()
         missing = [f for f in in_features if f not in input_shape]
@@ -125,8 +124,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.pos_embed = PositionEmbeddingSine(conv_dim // 2)
         layer = DeformableEncoderLayer(
             d_model=conv_dim, dim_feedforward=dim_feedforward, dropout=dropout,
-            n_levels=num_levels, n_heads=nheads, n_points=num_points, impl=msda_impl,
-            recompute_ffn=recompute_ffn,
+            n_levels=num_levels, n_heads=nheads, n_points=num_points,
+            fast_paths=fast_paths,
         )
         self.encoder = DeformableEncoder(layer, num_encoder_layers)
 
@@ -162,8 +161,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "dim_feedforward": pd.DIM_FEEDFORWARD,
             "dropout": pd.DROPOUT,
             "common_stride": pd.COMMON_STRIDE,
-            "msda_impl": pd.MSDA_IMPL,
-            "recompute_ffn": pd.RECOMPUTE_FFN,
+            "fast_paths": cfg.MODEL.DATASEG.FAST_PATHS,
         }
 
     def forward(self, features: Dict[str, torch.Tensor]):

@@ -18,6 +18,8 @@ from torch.nn import functional as F
 
 from detectron2.config import configurable
 
+from ..fast_paths import check_fast_paths, use_fast_paths
+from ..fast_paths.head_broadcast_attention import head_broadcast_attention
 from ..mlp import MLP
 from ..position_encoding import PositionEmbeddingSine
 from ..registry import TRANSFORMER_DECODER_REGISTRY
@@ -31,61 +33,35 @@ def build_transformer_decoder(cfg, in_channels: int, text_dim: int):
     return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, text_dim)
 
 
-# Device types where the head-broadcast mask of ``multihead_attention`` is verified (the CPU
-# test suite); elsewhere the per-head mask of ``nn.MultiheadAttention`` (as Mask2Former runs
-# on GPUs) is used until a run there has checked it (tests/test_gpu_paths.py on CUDA).
-_HEAD_BROADCAST_DEVICE_TYPES = ("cpu",)
-
-
 def multihead_attention(attn: nn.MultiheadAttention, query, key, value, hidden=None,
-                        head_broadcast=None):
-    """``attn(query, key, value, attn_mask=...)[0]`` (batch first) with ONE mask for all heads.
-
-    ``nn.MultiheadAttention`` takes a mask per head, (B * heads, Lq, Lk), and turns a boolean
-    one into a float copy that attention keeps for backward: 26 MB per decoder layer at the
-    finest scale of a 512x512 batch of 2, when the mask is the same for every head. Here the
-    same parameters and math run through ``scaled_dot_product_attention`` with the additive
-    mask broadcast over heads (one eighth of that).
+                        fast_paths: str = "off"):
+    """``attn(query, key, value, attn_mask=...)[0]`` (batch first) with one mask for all heads.
 
     Args:
-        attn: the module holding the projections (its parameters and checkpoints unchanged).
+        attn: the attention module (batch first or not).
         query, key, value: (B, Lq, E), (B, Lk, E), (B, Lk, E).
-        hidden: optional bool (B, Lq, Lk), True where a query may NOT attend.
-        head_broadcast: True = the head-broadcast mask above, False = ``attn`` itself with
-            the mask repeated per head; None (default) = True on CPU only.
+        hidden: optional bool (B, Lq, Lk), True where a query may NOT attend (every head).
+        fast_paths: ``MODEL.DATASEG.FAST_PATHS``; "auto" on CPU broadcasts the mask over the
+            heads instead of repeating it (``fast_paths.head_broadcast_attention``).
+
+    Returns:
+        (B, Lq, E).
     """
-    if head_broadcast is None:
-        head_broadcast = query.device.type in _HEAD_BROADCAST_DEVICE_TYPES
-    if not head_broadcast:
-        mask = None if hidden is None else hidden.repeat_interleave(attn.num_heads, dim=0)
-        if not attn.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        out = attn(query, key, value, attn_mask=mask, need_weights=False)[0]
-        return out if attn.batch_first else out.transpose(0, 1)
-    B, Lq, E = query.shape
-    heads = attn.num_heads
-    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
-
-    def split(x, w, b):
-        return F.linear(x, w, b).view(B, x.shape[1], heads, E // heads).transpose(1, 2)
-
-    q, k, v = split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v)
-    mask = None
-    if hidden is not None:
-        # In the projections' dtype, which autocast may have lowered: one dtype for SDPA.
-        mask = torch.zeros(hidden.shape, dtype=q.dtype, device=q.device)
-        mask = mask.masked_fill_(hidden, float("-inf")).unsqueeze(1)  # (B, 1, Lq, Lk)
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=attn.dropout if attn.training else 0.0)
-    return attn.out_proj(out.transpose(1, 2).reshape(B, Lq, E))
+    if use_fast_paths(fast_paths, query):
+        return head_broadcast_attention(attn, query, key, value, hidden)
+    mask = None if hidden is None else hidden.repeat_interleave(attn.num_heads, dim=0)
+    if not attn.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    out = attn(query, key, value, attn_mask=mask, need_weights=False)[0]
+    return out if attn.batch_first else out.transpose(0, 1)
 
 
 class _AttentionBlock(nn.Module):
     """Residual multi-head attention with a LayerNorm before or after it."""
 
-    def __init__(self, dim, nheads, dropout, pre_norm):
+    def __init__(self, dim, nheads, dropout, pre_norm, fast_paths="off"):
         super().__init__()
+        self.fast_paths = fast_paths
         self.attn = nn.MultiheadAttention(dim, nheads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
@@ -102,7 +78,8 @@ class _AttentionBlock(nn.Module):
         else:
             k = memory + memory_pos
             v = memory
-        out = multihead_attention(self.attn, q_in + query_pos, k, v, hidden=attn_mask)
+        out = multihead_attention(self.attn, q_in + query_pos, k, v, hidden=attn_mask,
+                                  fast_paths=self.fast_paths)
         x = x + self.dropout(out)
         return x if self.pre_norm else self.norm(x)
 
@@ -145,6 +122,7 @@ class MaskedAttentionDecoder(nn.Module):
             decoder shape.
         mask_head_layers: depth of the MLP that maps queries to mask embeddings.
         enforce_input_project: project inputs with a 1x1 conv even when widths match.
+        fast_paths: ``MODEL.DATASEG.FAST_PATHS`` of the attention (``multihead_attention``).
     """
 
     num_scales = 3
@@ -164,15 +142,18 @@ class MaskedAttentionDecoder(nn.Module):
         dropout: float = 0.0,
         pre_norm: bool = False,
         enforce_input_project: bool = False,
+        fast_paths: str = "off",
     ):
         super().__init__()
         self.num_layers = num_layers
         self.num_queries = num_queries
         self.pos_embed = PositionEmbeddingSine(hidden_dim // 2)
         self.cross_attn = nn.ModuleList(
-            _AttentionBlock(hidden_dim, nheads, dropout, pre_norm) for _ in range(num_layers))
+            _AttentionBlock(hidden_dim, nheads, dropout, pre_norm, check_fast_paths(fast_paths))
+            for _ in range(num_layers))
         self.self_attn = nn.ModuleList(
-            _AttentionBlock(hidden_dim, nheads, dropout, pre_norm) for _ in range(num_layers))
+            _AttentionBlock(hidden_dim, nheads, dropout, pre_norm, fast_paths)
+            for _ in range(num_layers))
         self.ffn = nn.ModuleList(
             _FFNBlock(hidden_dim, dim_feedforward, dropout, pre_norm) for _ in range(num_layers))
         self.decoder_norm = nn.LayerNorm(hidden_dim)
@@ -207,6 +188,7 @@ class MaskedAttentionDecoder(nn.Module):
             "dropout": d.DROPOUT,
             "pre_norm": d.PRE_NORM,
             "enforce_input_project": d.ENFORCE_INPUT_PROJECT,
+            "fast_paths": cfg.MODEL.DATASEG.FAST_PATHS,
         }
 
     def forward(self, multi_scale_features: List[torch.Tensor], mask_features: torch.Tensor,
