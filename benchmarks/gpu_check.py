@@ -30,7 +30,7 @@ It prints one JSON object (and writes it with ``--output``; on a GPU without ``-
 ``benchmarks/results/gpu_check_<device>.json``) with every result, the device, the versions,
 the git commit and ``"ok"``: false when a section failed or raised. The exit status is 0 when
 ``ok``. ``--quick`` runs the tiny config (``configs/tiny/DaTaSeg-tiny.yaml``) on small images
-for a few iterations: the suite runs it on CPU (``tests/test_gpu_check.py``).
+for a few iterations: the suite runs it on CPU (``tests/benchmarks/test_gpu_check.py``).
 """
 
 import argparse
@@ -181,7 +181,7 @@ _CUDA_SKIP = re.compile(r"skipif\(\s*not\s+torch\.cuda\.is_available\(\)")
 def cuda_test_files() -> List[str]:
     """The test files holding tests that skip without CUDA (never this check's own test)."""
     files = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "test_*.py"))):
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "**", "test_*.py"), recursive=True)):
         if os.path.basename(path) == "test_gpu_check.py":  # it runs this script
             continue
         with open(path, encoding="utf-8") as f:

@@ -1,9 +1,8 @@
-"""Readable references that the package's fast paths are tested against.
+"""Readable references that the package is tested against.
 
-They are not part of the package: the criterion merges on sampled points and fuses its point
-losses; these apply a MERGE to whole masks and write the focal loss out element by element,
-so tests can check the meaning directly. The post-processing is tested against Mask2Former's
-inference written out from its published formulas.
+They are not part of the package: the criterion merges on sampled points; these apply a MERGE
+to whole masks, so tests can check the meaning directly. The post-processing is tested
+against Mask2Former's inference written out from its published formulas.
 """
 
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from torch.nn import functional as F
 
 from dataseg.modeling.criterion import (
     MergeGroups,
-    PointProbs,
     merge_class_log_probs,
     mergeable_classes,
     scatter_logsumexp,
@@ -73,20 +71,6 @@ def merge_proposals(pred_logits: torch.Tensor, pred_masks: torch.Tensor, task: s
         mask_probs = torch.sigmoid(scatter_logsumexp(masks, groups.unit_of_query,
                                                      groups.num_units))
     return MergedProposals(class_probs, mask_probs, groups)
-
-
-def focal_loss_reference(
-    pred: PointProbs, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
-) -> torch.Tensor:
-    """The straightforward elementwise focal loss (the definition ``focal_loss`` follows)."""
-    p = pred.prob
-    ce = -(targets * pred.log_prob + (1.0 - targets) * pred.log_one_minus_prob)
-    p_t = p * targets + (1.0 - p) * (1.0 - targets)
-    # clamp: the straight-through merged probability may exceed 1 by a rounding error.
-    loss = ce * (1.0 - p_t).clamp(min=0.0) ** gamma
-    if alpha >= 0:
-        loss = loss * (alpha * targets + (1.0 - alpha) * (1.0 - targets))
-    return loss.mean(-1)
 
 
 # --- Mask2Former's inference, written from its published formulas --------------------------

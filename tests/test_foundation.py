@@ -1,6 +1,5 @@
 """The package skeleton: registration, config handling, entry point, CPU DDP."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -277,7 +277,7 @@ class MergeCriterion(nn.Module):
 def _float32_region(outputs):
     # Mixed precision (SOLVER.AMP.ENABLED): autocast would run the matching-cost matmuls
     # (focal / dice over thousands of points) and other reductions in float16 / bfloat16,
-    # whose 8-11 bit mantissas moved costs by up to 0.03 (tests/test_amp.py) and can flip
+    # whose 8-11 bit mantissas moved costs by up to 0.03 (tests/engine/test_amp.py) and can flip
     # assignments; the criterion is cheap next to the model, so all of it runs in float32
     # with autocast off.
     return torch.autocast(outputs["pred_logits"].device.type, enabled=False)

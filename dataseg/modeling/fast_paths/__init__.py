@@ -10,22 +10,25 @@ decides: ``MODEL.DATASEG.FAST_PATHS``
 * ``"off"``: the plain computations everywhere (the reference arm of the benchmarks; the ONNX
   export, whose graph needs standard operators, switches it off itself).
 
-========================  =====================================  ==================================
-fast path (this package)  plain computation it replaces          pinned by
-========================  =====================================  ==================================
-``pointwise_conv``        1x1 ``Conv2d`` (backbone, pixel        tests/modeling/test_fast_paths.py
-                          decoder): one batched GEMM each        (outputs, gradients, state dict)
-``msda_embedding_bag``    ``ops.ms_deform_attn_grid_sample``     tests/modeling/test_msda.py
-                          (one ``grid_sample`` per level)        (values and all gradients)
-encoder FFN recomputed    the FFN's hidden activation kept for   tests/modeling/test_fast_paths.py
-in backward               backward (``DeformableEncoderLayer``)  (bit-identical outputs and grads)
-``point_losses``          focal / dice / ``sigmoid_with_logs``   tests/modeling/test_fast_paths.py
-                          written out (``criterion/losses.py``,  (values and gradients)
-                          ``criterion/merge.py``)
-``grid_point_sampler``    detectron2's continuous importance     tests/modeling/test_fast_paths.py
-                          sampling, read bilinearly              (same region, pixel-centre reads)
-``malloc``                glibc's default allocator thresholds   tests/modeling/test_fast_paths.py
-========================  =====================================  ==================================
+Each fast path, the plain computation it replaces, and the tests (under ``tests/modeling/``)
+that pin the two together, values and gradients:
+
+* ``pointwise_conv``: 1x1 ``Conv2d`` of the backbone and pixel decoder as batched GEMMs;
+  ``fast_paths/test_pointwise_conv.py``.
+* ``msda_embedding_bag``: ``ops.ms_deform_attn_grid_sample`` (one ``grid_sample`` per level);
+  ``fast_paths/test_msda_embedding_bag.py``, ``test_ms_deform_attn.py``.
+* the encoder FFN recomputed in backward instead of keeping its hidden activation (a
+  ``torch.utils.checkpoint`` call in ``DeformableEncoderLayer``);
+  ``fast_paths/test_msda_embedding_bag.py``.
+* ``head_broadcast_attention``: ``nn.MultiheadAttention`` with a mask per head (the query
+  decoder); ``test_parts.py``, and ``test_gpu_paths.py`` on CUDA.
+* ``point_losses``: the focal / dice formulas of ``criterion.losses`` and
+  ``criterion.merge.sigmoid_with_logs``; ``fast_paths/test_point_losses.py``.
+* ``grid_point_sampler``: detectron2's continuous importance sampling, masks read bilinearly;
+  ``criterion/test_criterion.py``, ``criterion/test_parts.py``.
+* ``malloc``: glibc's default allocator thresholds; ``fast_paths/test_malloc.py``.
+
+The switch itself: ``fast_paths/test_switch.py``.
 
 Only the point sampler changes what is estimated (points on ground-truth pixel centres, read
 exactly, instead of continuous points read bilinearly, docs/merge.md); the others compute the

@@ -6,7 +6,7 @@ The fast path of Mask2Former's point sampling in the criterion: detectron2's
 puts the points on ground-truth pixel centres (``sample_uncertain_pixels``) and reads the
 predictions there bilinearly (``sample_logits_at_pixels``), several times cheaper on CPU. It
 estimates the loss of the bilinear upsampling of the prediction to the ground-truth grid, read
-exactly; with uniform sampling it equals continuous points (tests/modeling/test_fast_paths.py),
+exactly; with uniform sampling it equals continuous points (tests/modeling/criterion/),
 with importance sampling dice agrees to ~1 % and focal to 5-15 % (docs/merge.md).
 """
 

@@ -6,7 +6,7 @@ scale of a 512x512 batch of 2, when the mask is the same for every head (the que
 masked attention). Here the same parameters and math run through
 ``scaled_dot_product_attention`` with the additive mask broadcast over heads (one eighth of
 that). Pinned to ``nn.MultiheadAttention`` (outputs and gradients) by
-tests/modeling/test_fast_paths.py, and on CUDA by tests/modeling/test_gpu_paths.py.
+tests/modeling/test_parts.py, and on CUDA by tests/modeling/test_gpu_paths.py.
 """
 
 import torch

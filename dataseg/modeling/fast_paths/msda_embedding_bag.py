@@ -2,7 +2,8 @@
 
 The fast path of ``dataseg.modeling.ops.ms_deform_attn_grid_sample`` (same shapes, same
 semantics: bilinear reads with zeros padding, ``align_corners=False``; pinned to it, values and
-every gradient, by tests/modeling/test_msda.py). Its measurements are in docs/benchmarks.md.
+every gradient, by tests/modeling/fast_paths/test_msda_embedding_bag.py). Its measurements are
+in docs/benchmarks.md.
 
 Every level is padded with a zero border so out-of-range corners land on zeros (no validity
 masks), bilinear corner indices and weights are computed on contiguous planar tensors, and the

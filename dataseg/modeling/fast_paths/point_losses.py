@@ -5,7 +5,7 @@ The fast paths of the plain formulas in ``criterion/losses.py`` (``focal_loss``,
 through the elementwise formulas keeps ~6-15 (M, P) intermediates per decoder layer alive
 until backward (12,544 points x ~200 units: ~10 MB each, x 10 layers); these keep only their
 inputs (or ``sigmoid(x)``) and recompute the rest in backward. Same values and gradients up to
-float rounding, pinned by tests/modeling/test_fast_paths.py.
+float rounding, pinned by tests/modeling/fast_paths/test_point_losses.py.
 """
 
 import torch

@@ -5,8 +5,8 @@ machine's GEMM rate at the shapes of ResNet stages and of the pixel decoder's st
 Measured at 2 threads, batch 2, 256 -> 256 channels at 128x128: 65 ms forward and 191 ms
 forward + backward as a convolution, 35 and 95 ms as one ``baddbmm``. A 1x1 convolution IS a
 matrix product over the channels, so this is the same arithmetic (equal up to float rounding;
-``tests/modeling/test_fast_paths.py``), with the same parameters and state dict. In the R50
-model this saves ~0.6 s of a 9 s training step (batch 2, 512x512).
+``tests/modeling/fast_paths/test_pointwise_conv.py``), with the same parameters and state
+dict. In the R50 model this saves ~0.6 s of a 9 s training step (batch 2, 512x512).
 """
 
 import torch

@@ -16,7 +16,9 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
+ROOT = str(REPO)
 MAX_ITER, PERIOD = 8, 2
 
 

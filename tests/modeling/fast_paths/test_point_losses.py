@@ -1,5 +1,6 @@
-"""The criterion's fused autograd paths (CPU fast paths) equal the plain formulas (values +
-grads)."""
+"""The criterion's fused autograd paths (CPU fast paths) equal the plain formulas of
+``criterion.losses`` and ``criterion.merge`` (values + grads); the plain formulas equal
+hand-computed values in ``tests/modeling/criterion/test_values.py``."""
 
 import functools
 
@@ -16,7 +17,6 @@ from dataseg.modeling.criterion.losses import (
 )
 from dataseg.modeling.criterion.merge import PointProbs, sigmoid_with_logs
 
-from reference import focal_loss_reference
 
 
 def _grads(fn, *inputs):
@@ -63,7 +63,7 @@ def test_focal_loss_fused_matches_reference(alpha, gamma, soft_targets):
         return _grads(fn, x)
 
     fused, (gf,) = run(functools.partial(focal_loss, fast=True))
-    ref, (gr,) = run(focal_loss_reference)
+    ref, (gr,) = run(focal_loss)
     torch.testing.assert_close(fused, ref)
     torch.testing.assert_close(gf, gr)
 
@@ -82,7 +82,7 @@ def test_merged_point_losses_match_reference():
         return _grads(fn, x)
 
     fused, (gf,) = run(functools.partial(focal_loss, fast=True))
-    ref, (gr,) = run(focal_loss_reference)
+    ref, (gr,) = run(focal_loss)
     torch.testing.assert_close(fused, ref)
     torch.testing.assert_close(gf, gr)
 
@@ -96,7 +96,7 @@ def test_focal_loss_float32_close_to_float64():
     focal_loss(pp, t, fast=True).sum().backward()
     x64 = x.double().requires_grad_(True)
     pp = PointProbs(*sigmoid_with_logs(x64))
-    focal_loss_reference(pp, t.double()).sum().backward()
+    focal_loss(pp, t.double()).sum().backward()
     torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-8)
 
 
@@ -121,7 +121,7 @@ def test_logit_focal_dice_matches_probability_path(alpha, gamma, targets):
 
     def reference(logits):
         pp = PointProbs(*sigmoid_with_logs(logits))
-        focal = focal_loss_reference(pp, t_float, alpha, gamma)
+        focal = focal_loss(pp, t_float, alpha, gamma)
         return torch.stack([focal, dice_loss(pp.prob, t_float)], -1) * weights
 
     out, (gf,) = _grads(fused, x)

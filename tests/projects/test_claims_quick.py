@@ -1,13 +1,8 @@
 """``run_claims.py --quick``: every arm trains and is evaluated, and the table is written."""
 
 import json
-import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "projects", "small_scale_claims"))
-
-import run_claims  # noqa: E402
+import run_claims  # projects/small_scale_claims, on the path through pytest.ini
 
 
 def test_quick_claims_run_writes_every_arm_and_claim(tmp_path):

@@ -161,13 +161,9 @@ def test_square_exif_rotated_image_is_flagged(tmp_path, caplog):
 
 
 def test_predictor_and_demo_read_16bit_images_as_training_does(tmp_path):
-    import sys
-
+    import demo  # projects/demo, on the path through pytest.ini
     from dataseg.engine import DaTaSegPredictor, get_dataseg_cfg
-    from helpers import REPO, TINY_CONFIG, TINY_OPTS
-
-    sys.path.insert(0, str(REPO / "projects" / "demo"))
-    import demo  # noqa: E402
+    from helpers import TINY_CONFIG, TINY_OPTS
 
     assert demo.read_image is read_image  # the demo reads files as the mappers do
     predictor = DaTaSegPredictor(get_dataseg_cfg(TINY_CONFIG, TINY_OPTS + ["MODEL.WEIGHTS", ""]),

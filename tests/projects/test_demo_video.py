@@ -69,7 +69,6 @@ def test_video_input_writes_an_annotated_video_per_task(weights, tmp_path):
 
 
 def test_video_output_file_name_and_bad_inputs(weights, tmp_path):
-    sys.path.insert(0, str(REPO / "projects" / "demo"))
     import demo
 
     clip = tmp_path / "clip.avi"

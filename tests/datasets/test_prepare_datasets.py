@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +21,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 import dataseg.data  # noqa: F401  (registers the builtin names)
 from dataseg.data.builtin import builtin_dataset_root, load_vocabulary, register_all_builtin
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "datasets"
-sys.path.insert(0, str(SCRIPTS))
+from helpers import REPO
+
+SCRIPTS = REPO / "datasets"  # on the path through pytest.ini: the scripts import as modules
 
 ALL_SCRIPTS = sorted(p.stem for p in SCRIPTS.glob("*.py")
                      if p.stem.startswith(("prepare_", "check_")))

@@ -1,14 +1,13 @@
 """The optimizer's per-parameter learning rates: backbone multiplier and ViTDet's layer-wise
 decay (SOLVER.VIT_LAYER_DECAY_RATE), read back from the optimizer the trainer builds."""
 
-from pathlib import Path
-
 import pytest
 from detectron2.modeling import build_model
 
 from dataseg.engine import DaTaSegTrainer, get_dataseg_cfg
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 TINY_VIT = str(REPO / "configs" / "tiny" / "DaTaSeg-tiny-ViTDet.yaml")
 TINY_R50 = str(REPO / "configs" / "tiny" / "DaTaSeg-tiny.yaml")
 FAST = ["MODEL.DATASEG.TEXT.ENCODER", "Random", "MODEL.DEVICE", "cpu"]

@@ -16,8 +16,7 @@ from helpers import REPO
 from helpers import TINY_CONFIG as CONFIG
 from helpers import TINY_OPTS as TINY
 
-sys.path.insert(0, str(REPO / "projects" / "demo"))
-import demo  # noqa: E402
+import demo  # projects/demo, on the path through pytest.ini
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ import pytest
 import torch
 from detectron2.structures import Instances
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
+ROOT = str(REPO)
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.py")
 
 
@@ -58,7 +60,7 @@ def test_quick_cpu_run_prints_one_json_with_every_section(quick_run):
 def test_quick_cpu_run_skips_the_cuda_tests_with_the_reason(quick_run):
     cuda = json.loads(quick_run[0].stdout)["sections"]["cuda_tests"]
     assert cuda["status"] == "skipped" and "CUDA" in cuda["reason"]
-    assert "tests/test_gpu_paths.py" in cuda["files"]
+    assert "tests/modeling/test_gpu_paths.py" in cuda["files"]
 
 
 def test_quick_cpu_run_trains_in_bfloat16_with_falling_finite_loss(quick_run):
@@ -171,8 +173,8 @@ def test_bfloat16_on_the_cuda_amp_step(gpu_check):
 
 def test_cuda_test_files_are_the_ones_guarded_by_cuda(gpu_check):
     files = gpu_check.cuda_test_files()
-    assert "tests/test_gpu_paths.py" in files
-    assert "tests/test_gpu_check.py" not in files and "tests/test_amp.py" not in files
+    assert "tests/modeling/test_gpu_paths.py" in files
+    assert "tests/benchmarks/test_gpu_check.py" not in files and "tests/engine/test_amp.py" not in files
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the report of a machine without CUDA")

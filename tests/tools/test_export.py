@@ -274,14 +274,8 @@ def test_images_the_graph_cannot_take_are_refused(onnx_file, weights, tmp_path):
 
 def test_export_speed_benchmark_quick_run(onnx_file, weights, tmp_path):
     """benchmarks/export_speed.py in its quick mode on the tiny export (no second export)."""
-    import importlib.util
-    import os
+    import export_speed as bench  # benchmarks/, on the path through pytest.ini
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(
-        "export_speed", os.path.join(root, "benchmarks", "export_speed.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out = tmp_path / "export_speed.json"
     result = bench.main(["--quick", "--config", TINY_CONFIG, "--onnx", onnx_file, "--classes",
                          "7", "--text-dim", "64", "--output", str(out), "--opts"]

@@ -13,7 +13,9 @@ from detectron2.modeling import build_model
 import dataseg  # noqa: F401  (registers the datasets)
 from dataseg.config import add_dataseg_config, check_dataseg_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
+ROOT = str(REPO)
 CONFIGS = sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"),
                                                 recursive=True))

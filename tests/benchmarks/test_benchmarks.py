@@ -7,7 +7,9 @@ import os
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
+ROOT = str(REPO)
 TINY = "configs/tiny/DaTaSeg-tiny.yaml"
 
 
@@ -132,12 +134,7 @@ def test_quick_comparison_runs_both_arms_and_writes_the_table(compare, tmp_path)
 
 
 def _reference_arm():
-    import sys
-
-    path = os.path.join(ROOT, "benchmarks")
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    import reference_arm
+    import reference_arm  # benchmarks/, on the path through pytest.ini
 
     return reference_arm
 
@@ -213,12 +210,7 @@ def test_reference_criterion_equals_merge_criterion_without_merge(monkeypatch):
 
 
 def bench_cfg_with(opts):
-    import sys
-
-    path = os.path.join(ROOT, "benchmarks")
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    from _common import bench_cfg
+    from _common import bench_cfg  # benchmarks/, on the path through pytest.ini
 
     return bench_cfg(TINY, opts=opts)
 

@@ -10,7 +10,9 @@ from detectron2.modeling import build_model
 
 from dataseg.data.mappers import build_dataseg_mapper
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
+ROOT = str(REPO)
 
 
 @pytest.fixture

@@ -2,11 +2,11 @@
 
 The CPU fast paths (``MODEL.DATASEG.FAST_PATHS "auto"``: the embedding-bag deformable
 attention with its int32 CSR ``sampled_addmm`` backward, the head-broadcast attention mask, ...)
-are selected on CPU only; on other devices the model uses the plain paths (``F.grid_sample`` deformable attention,
-``nn.MultiheadAttention`` with a per-head mask). The first tests check that selection on the
+are selected on CPU only; on other devices the model uses the plain paths (``F.grid_sample``
+deformable attention, ``nn.MultiheadAttention`` with a per-head mask). The first tests check that selection on the
 CPU (the "meta" device stands in for an accelerator). The ``cuda`` tests run the fast paths,
 the criterion under float16 autocast and a short AMP training on a GPU where one exists and
-are skipped elsewhere; run them with ``pytest -v --durations=0 tests/test_gpu_paths.py``.
+are skipped elsewhere; run them with ``pytest -v --durations=0 tests/modeling/test_gpu_paths.py``.
 """
 
 import pytest
