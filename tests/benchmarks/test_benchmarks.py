@@ -1,25 +1,18 @@
 """Smoke test of the benchmark command (tiny config, tiny sizes) and its FLOP handlers."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 import torch
 
-from helpers import REPO
-
-ROOT = str(REPO)
 TINY = "configs/tiny/DaTaSeg-tiny.yaml"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "run_benchmarks", os.path.join(ROOT, "benchmarks", "run_benchmarks.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import run_benchmarks  # benchmarks/, on the path through pytest.ini
+
+    return run_benchmarks
 
 
 def test_quick_run_writes_every_section(bench, tmp_path):
@@ -66,11 +59,9 @@ def test_fast_path_flops_equal_the_plain_count(bench):
 
 @pytest.fixture(scope="module")
 def compare():
-    spec = importlib.util.spec_from_file_location(
-        "compare_reference", os.path.join(ROOT, "benchmarks", "compare_reference.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import compare_reference  # benchmarks/, on the path through pytest.ini
+
+    return compare_reference
 
 
 def _result(ref_inf=4.0, ds_inf=1.8, ref_step=17.0, ds_step=10.0):
