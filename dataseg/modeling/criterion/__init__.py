@@ -17,12 +17,15 @@ from .merge import (
     scatter_logsumexp,
     singleton_groups,
 )
+from .supervision import LayerMatch, Supervision
 
 __all__ = [
     "TASKS",
     "CriterionContext",
     "MergeCriterion",
     "MERGE_CHOICES",
+    "Supervision",
+    "LayerMatch",
     "MaskSupervision",
     "BoxSupervision",
     "build_criterion",
