@@ -134,6 +134,20 @@ class PredictorVocabulary:
     test_size: Tuple[int, int]
 
 
+def adopt_vocabulary(predictor, v: PredictorVocabulary) -> None:
+    """Set the attributes every predictor of the project exposes for its vocabulary ``v``:
+    ``vocabulary``, ``class_names``, ``isthing``, ``tasks``, ``outputs``, ``metadata`` and
+    ``aug`` (the test resize)."""
+    predictor.vocabulary = v.vocabulary
+    predictor.class_names = v.class_names
+    predictor.isthing = v.isthing
+    predictor.tasks = v.tasks
+    predictor.outputs = v.outputs
+    predictor.metadata = v.metadata
+    min_size, max_size = v.test_size
+    predictor.aug = T.ResizeShortestEdge([min_size, min_size], max_size)
+
+
 def resolve_vocabulary(cfg, vocabulary: Optional[str] = None,
                        classes: Optional[Sequence[str]] = None,
                        task: Union[str, Sequence[str], None] = None,
@@ -264,14 +278,7 @@ class DaTaSegPredictor(DefaultPredictor):
         v = resolve_vocabulary(self.cfg, vocabulary, classes, task, isthing)
         self.model.set_vocabulary(PREDICTOR_VOCABULARY, v.class_names, task=v.task,
                                   isthing=v.isthing, test_outputs=v.outputs)
-        self.vocabulary = v.vocabulary
-        self.class_names = v.class_names
-        self.isthing = v.isthing
-        self.tasks = v.tasks
-        self.outputs = v.outputs
-        self.metadata = v.metadata
-        min_size, max_size = v.test_size
-        self.aug = T.ResizeShortestEdge([min_size, min_size], max_size)
+        adopt_vocabulary(self, v)
 
     def __call__(self, original_image: np.ndarray) -> dict:
         """

@@ -37,11 +37,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from detectron2.data import transforms as T
 from torch import nn
 
 from ..engine.predictor import (
     PREDICTOR_VOCABULARY,
+    adopt_vocabulary,
     build_inference_model,
     resize_for_network,
     resolve_vocabulary,
@@ -375,14 +375,8 @@ class OnnxPredictor:
             PREDICTOR_VOCABULARY, v.class_names, self.text_provider, self.text_dim)
         self.text_embeddings = np.ascontiguousarray(weights.detach().float().cpu().numpy())
         self.class_index = index  # rows -> classes under the "max" synonym reduction
-        self.vocabulary = v.vocabulary
-        self.class_names = names
-        self.isthing = v.isthing
-        self.tasks = v.tasks
-        self.outputs = v.outputs
-        self.metadata = v.metadata
-        min_size, max_size = v.test_size
-        self.aug = T.ResizeShortestEdge([min_size, min_size], max_size)
+        adopt_vocabulary(self, v)
+        self.class_names = names  # as the classifier validated them
 
     def preprocess(self, original_image: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:
         """A BGR image -> the graph's ``image`` input and the resized (unpadded) size.
