@@ -151,6 +151,14 @@ def require_files(paths: Sequence[str], what: str, dataset_name: str, hint: str 
         )
 
 
+def _repeated(entries: Sequence[Dict], key: str, value: str) -> Dict:
+    """{``key`` shared by several entries: their ``value``s}, in the order of first appearance."""
+    values_of = defaultdict(list)
+    for entry in entries:
+        values_of[entry.get(key)].append(entry.get(value))
+    return {k: v for k, v in values_of.items() if len(v) > 1}
+
+
 def check_unique_image_ids(images: Sequence[Dict], json_file: str, dataset_name: str):
     """Raise if two entries of a COCO (or COCO panoptic) json's ``images`` share an ``id``.
 
@@ -158,10 +166,8 @@ def check_unique_image_ids(images: Sequence[Dict], json_file: str, dataset_name:
     annotations to the other, and the evaluator then scores ground truth against the wrong
     image.
     """
-    files_of = defaultdict(list)
-    for image in images:
-        files_of[image.get("id")].append(image.get("file_name"))
-    repeated = [i for i, files in files_of.items() if len(files) > 1]
+    files_of = _repeated(images, "id", "file_name")
+    repeated = list(files_of)
     if repeated:
         first = repeated[0]
         others = ""
@@ -357,17 +363,15 @@ def _load_panoptic(name, image_root, panoptic_root, panoptic_json, image_ext, te
 def _check_one_png_per_image(annotations: Sequence[Dict], panoptic_json: str, dataset_name: str):
     """Raise if two annotations (PNGs) of a panoptic json describe the same ``image_id``: one
     of them would be paired with a photo it was not drawn on."""
-    pngs_of = defaultdict(list)
-    for ann in annotations:
-        pngs_of[ann.get("image_id")].append(ann.get("file_name"))
-    for image_id, pngs in pngs_of.items():
-        if len(pngs) > 1:
-            raise DatasetValidationError(
-                f"Dataset {dataset_name!r}: {panoptic_json!r} has {len(pngs)} annotations for "
-                f"image id {image_id!r} (panoptic PNGs {pngs[:_NUM_LISTED_FILES]}); each image "
-                "has exactly one panoptic PNG. Give each annotation the image_id of the photo "
-                "its PNG was drawn on."
-            )
+    repeated = _repeated(annotations, "image_id", "file_name")
+    if repeated:
+        image_id, pngs = next(iter(repeated.items()))
+        raise DatasetValidationError(
+            f"Dataset {dataset_name!r}: {panoptic_json!r} has {len(pngs)} annotations for "
+            f"image id {image_id!r} (panoptic PNGs {pngs[:_NUM_LISTED_FILES]}); each image "
+            "has exactly one panoptic PNG. Give each annotation the image_id of the photo "
+            "its PNG was drawn on."
+        )
 
 
 def check_panoptic_segment_ids(rgb: np.ndarray, segments_info: Sequence[Dict], file_name: str,
@@ -838,10 +842,10 @@ def _load_coco(name, json_file, image_root, task, keep_masks):
         folder = _columnar_cache_folder(name, json_file)
     if folder is not None:
         columns = ColumnarDatasetDicts(folder, image_root)
-        to_registered = _check_loaded_coco(
+        columns.map_categories(_check_loaded_coco(
             name, json_file, task, columns.meta["category_ids"], columns.meta["category_names"],
-            columns.file_names(), hint)
-        return ColumnarDatasetDicts(folder, image_root, to_registered)
+            columns.file_names(), hint))
+        return columns
     dicts, json_ids, json_names = _read_coco_json(name, json_file, image_root)
     to_registered = _check_loaded_coco(name, json_file, task, json_ids, json_names,
                                        [record["file_name"] for record in dicts], hint)

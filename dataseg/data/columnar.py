@@ -381,10 +381,14 @@ class ColumnarDatasetDicts(Sequence):
         self.folder = folder
         self.image_root = image_root
         self._open()
-        if to_registered is None:
-            to_registered = range(len(self.meta["category_ids"]))
-        self.to_registered = np.asarray(to_registered, dtype=np.int64)
+        self.map_categories(range(len(self.meta["category_ids"])) if to_registered is None
+                            else to_registered)
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+
+    def map_categories(self, to_registered: Sequence[int]) -> None:
+        """Give annotations the registered contiguous id of their json category from now on:
+        ``to_registered`` holds it per category of the json (sorted by id)."""
+        self.to_registered = np.asarray(to_registered, dtype=np.int64)
 
     def _open(self):
         with open(os.path.join(self.folder, "meta.json")) as f:
