@@ -27,6 +27,14 @@ def _grads(fn, *inputs):
     return out.detach(), [x.grad for x in inputs]
 
 
+def _assert_fused_focal_equals_plain(run):
+    """``run(loss_fn)`` -> (values, [grads]): the fused focal loss gives the plain one's."""
+    fused, (gf,) = run(functools.partial(focal_loss, fast=True))
+    ref, (gr,) = run(focal_loss)
+    torch.testing.assert_close(fused, ref)
+    torch.testing.assert_close(gf, gr)
+
+
 def test_sigmoid_with_logs_fused_matches_formula():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(7, 300, generator=g) * 6
@@ -49,7 +57,7 @@ def test_sigmoid_with_logs_fused_matches_formula():
 @pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 1.0), (0.25, 0.0),
                                          (0.25, 1.5)])
 @pytest.mark.parametrize("soft_targets", [False, True])
-def test_focal_loss_fused_matches_reference(alpha, gamma, soft_targets):
+def test_focal_loss_fused_matches_the_plain_formula(alpha, gamma, soft_targets):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 257, generator=g) * 4
     t = torch.rand(6, 257, generator=g)
@@ -62,13 +70,10 @@ def test_focal_loss_fused_matches_reference(alpha, gamma, soft_targets):
             return loss_fn(PointProbs(s, lp, l1mp), t, alpha, gamma)
         return _grads(fn, x)
 
-    fused, (gf,) = run(functools.partial(focal_loss, fast=True))
-    ref, (gr,) = run(focal_loss)
-    torch.testing.assert_close(fused, ref)
-    torch.testing.assert_close(gf, gr)
+    _assert_fused_focal_equals_plain(run)
 
 
-def test_merged_point_losses_match_reference():
+def test_merged_point_losses_match_the_plain_formula():
     """Merged units (probabilities and floored logs as separate inputs) get equal grads."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(9, 200, generator=g) * 3
@@ -81,10 +86,7 @@ def test_merged_point_losses_match_reference():
             return loss_fn(pp, t, 0.25, 2.0) + dice_loss(pp.prob, t)
         return _grads(fn, x)
 
-    fused, (gf,) = run(functools.partial(focal_loss, fast=True))
-    ref, (gr,) = run(focal_loss)
-    torch.testing.assert_close(fused, ref)
-    torch.testing.assert_close(gf, gr)
+    _assert_fused_focal_equals_plain(run)
 
 
 def test_focal_loss_float32_close_to_float64():
